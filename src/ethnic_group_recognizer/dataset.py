@@ -123,7 +123,9 @@ class Dataset:
 
     def refresh(self, show_progress: bool = True) -> None:
         """Add new files, drop vanished ones and re-hash changed ones, then save the manifest."""
-        on_disk = {path.relative_to(self.root).as_posix(): (label, path) for label, path in self.class_files()}
+        on_disk = {
+            path.relative_to(self.root).as_posix(): (label, path) for label, path in self.class_files()
+        }
         quarantined = {k: r for k, r in self.records.items() if r.status == STATUS_QUARANTINED}
         changed = False
         for key in list(self.records):
@@ -252,13 +254,16 @@ def _hash_bits(hex_hashes: list[str]) -> np.ndarray:
     return np.unpackbits(np.array([bytearray.fromhex(h) for h in hex_hashes], dtype=np.uint8), axis=1)
 
 
-def near_duplicate_pairs(records: list[Record], max_bits: int = NEAR_DUPLICATE_BITS) -> list[tuple[int, int, int]]:
+def near_duplicate_pairs(
+    records: list[Record], max_bits: int = NEAR_DUPLICATE_BITS
+) -> list[tuple[int, int, int]]:
     """Index pairs ``(i, j, distance)`` whose perceptual hashes (plain or mirrored) nearly match."""
     hashed = [i for i, r in enumerate(records) if r.phash and r.phash_mirror]
     if len(hashed) < 2:
         return []
     plain = _hash_bits([records[i].phash for i in hashed]).astype(np.int16)
     mirror = _hash_bits([records[i].phash_mirror for i in hashed]).astype(np.int16)
+
     # Hamming distance = bits differing; computed as matrix products of 0/1 vectors.
     def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a @ (1 - b).T + (1 - a) @ b.T

@@ -104,7 +104,9 @@ def attach_head(
         ]
     )
     out = graph.output[0]
-    graph.output.insert(0, helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", len(bias)]))
+    graph.output.insert(
+        0, helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", len(bias)])
+    )
     del graph.output[1:]
     graph.output.append(out)
     onnx.checker.check_model(model)
@@ -182,7 +184,9 @@ class Recognizer:
 
     def decide(self, probabilities: np.ndarray) -> Prediction:
         """Turn one probability row into a prediction, abstaining below the calibrated threshold."""
-        scores = {label: float(p) for label, p in zip(self.labels, probabilities[: len(self.labels)], strict=True)}
+        scores = {
+            label: float(p) for label, p in zip(self.labels, probabilities[: len(self.labels)], strict=True)
+        }
         best = int(np.argmax(probabilities[: len(self.labels)]))
         confidence = float(probabilities[best])
         abstain = float(probabilities[len(self.labels)])

@@ -12,7 +12,9 @@ T = TypeVar("T")
 _stderr = Console(stderr=True)
 
 
-def progress(items: Iterable[T], description: str, disable: bool = False, total: int | None = None) -> Iterator[T]:
+def progress(
+    items: Iterable[T], description: str, disable: bool = False, total: int | None = None
+) -> Iterator[T]:
     """Yield ``items`` while drawing a progress bar on stderr (stdout stays clean for --jsonl)."""
     if disable:
         yield from items

@@ -1,0 +1,112 @@
+"""The one JSON error shape every route returns, and safe decoding of uploaded image payloads.
+
+Errors look like ``{"error": {"status": 415, "code": "unsupported_media_type", "message": "..."}}``.
+Uploads are decoded in memory; nothing here writes to disk or logs the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ethnic_group_recognizer.config import Config
+from ethnic_group_recognizer.images import ImageError, load_image, sniff_format
+
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+_CODES = {
+    400: "bad_image",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "malformed_request",
+    500: "internal_error",
+    503: "not_ready",
+}
+_DATA_URL = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I
+)
+
+
+class APIError(Exception):
+    """An error with an HTTP status and a message meant for the person calling the API."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_body(status: int, message: str) -> dict:
+    return {"error": {"status": status, "code": _CODES.get(status, "error"), "message": message}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error, ours or the framework's, come back in the one JSON shape."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, error: APIError) -> JSONResponse:
+        return JSONResponse(error_body(error.status, error.message), status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in error.errors()
+        )
+        return JSONResponse(error_body(422, f"malformed request: {details}"), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(error.status_code, str(error.detail)), status_code=error.status_code)
+
+
+def check_size(data: bytes, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+    if len(data) > max_bytes:
+        raise APIError(413, f"image is {len(data):,} bytes; the limit is {max_bytes:,} bytes")
+
+
+def decode_data_url(text: str, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> bytes:
+    """Bytes of a ``data:image/...;base64,...`` URL, as a browser's FileReader produces it."""
+    if not isinstance(text, str):
+        raise APIError(422, "image must be a data URL string")
+    match = _DATA_URL.match(text[:200])
+    if not match:
+        raise APIError(422, "image must be a data URL such as 'data:image/png;base64,...'")
+    mime = (match.group("mime") or "").lower()
+    if mime and not mime.startswith("image/"):
+        raise APIError(415, f"data URL is {mime}, not an image")
+    if not match.group("b64"):
+        raise APIError(422, "data URL must be base64-encoded")
+    payload = text[match.end() :]
+    if len(payload) * 3 // 4 > max_bytes:
+        raise APIError(413, f"image is larger than the limit of {max_bytes:,} bytes")
+    try:
+        return base64.b64decode(payload, validate=False)
+    except (binascii.Error, ValueError):
+        raise APIError(422, "data URL is not valid base64") from None
+
+
+def decode_image(
+    data: bytes, config: Config | None = None, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+) -> Image.Image:
+    """Decode uploaded bytes into an RGB image, in memory, or raise the right :class:`APIError`.
+
+    413 too large, 415 not an image at all (by content, not by name or header), 400 an image
+    that cannot be decoded (truncated, corrupt, decompression bomb, too small).
+    """
+    check_size(data, max_bytes)
+    if not data:
+        raise APIError(400, "empty image")
+    if sniff_format(data[:16]) is None:
+        raise APIError(415, "not an image: the content is none of JPEG, PNG, WebP, GIF, BMP or TIFF")
+    try:
+        return load_image(data, config)
+    except ImageError as error:
+        raise APIError(400, str(error)) from None
