@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,8 @@ def export_onnx(module, path: Path, image_size: int, output_names: Sequence[str]
             candidate.set_swish(memory_efficient=False)  # the memory-efficient swish cannot be exported
     dummy = torch.zeros(2, 3, image_size, image_size)
     tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's constant-folding notes are noise to a user
         torch.onnx.export(
             module,
             (dummy,),

@@ -209,15 +209,16 @@ def import_images(
 ) -> dict[str, int]:
     """Copy (or symlink) images from folders into a dataset; re-running imports nothing twice.
 
-    Each source is a folder of class folders, a single class folder, or an image file. A file
-    whose content is already in the dataset under the same label is skipped.
+    Each source is a folder of class folders, a single class folder, or an image file. A source
+    file already imported with the same content is skipped; exact duplicates from different
+    source files are kept, for ``egr clean`` to find and log (import never silently drops data).
     """
     config = config or Config()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = Dataset(out, config)
     dataset.refresh(show_progress=False)
-    known = {(r.sha256, r.label) for r in dataset.records.values()}
+    known = {(r.source, r.sha256) for r in dataset.records.values()}
     files: list[tuple[Path, Path]] = []
     for source in map(Path, sources):
         if not source.exists():
@@ -230,7 +231,8 @@ def import_images(
     for path, source_root in progress(files, "Importing", disable=not show_progress):
         target_label = label or label_for(path, source_root)
         digest = sha256_file(path)
-        if (digest, target_label) in known:
+        source_name = str(path.resolve())
+        if (source_name, digest) in known:
             stats["skipped"] += 1
             continue
         destination = out / target_label / path.name
@@ -241,9 +243,9 @@ def import_images(
             destination.symlink_to(path.resolve())
         else:
             shutil.copy2(path, destination)
-        record = describe_file(destination, out, target_label, config, source=str(path.resolve()))
+        record = describe_file(destination, out, target_label, config, source=source_name)
         dataset.records[record.path] = record
-        known.add((digest, target_label))
+        known.add((source_name, digest))
         stats["imported"] += 1
         stats["unreadable"] += record.status == STATUS_ERROR
     dataset.save()

@@ -89,12 +89,11 @@ def attach_head(
             numpy_helper.from_array(bias.astype(np.float32), "head_bias"),
             numpy_helper.from_array(np.array(scale, np.float32), "head_inverse_temperature"),
             numpy_helper.from_array(np.array(1e-12, np.float32), "head_epsilon"),
-            numpy_helper.from_array(np.array([1], np.int64), "head_axes"),
         ]
     )
     graph.node.extend(
         [
-            helper.make_node("ReduceL2", [embedding, "head_axes"], ["head_norm"], keepdims=1),
+            helper.make_node("ReduceL2", [embedding], ["head_norm"], axes=[1], keepdims=1),
             helper.make_node("Max", ["head_norm", "head_epsilon"], ["head_norm_safe"]),
             helper.make_node("Div", [embedding, "head_norm_safe"], ["head_unit"]),
             helper.make_node("MatMul", ["head_unit", "head_weight"], ["head_matmul"]),

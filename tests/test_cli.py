@@ -1,0 +1,73 @@
+"""The real ``egr`` entry point, run as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import make_dataset, pattern_image
+
+EGR = str(Path(sys.executable).parent / "egr")
+
+
+def egr(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([EGR, *args], capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"egr {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def test_predict_jsonl_one_object_per_image_and_errors_as_objects(tmp_path):
+    folder = tmp_path / "photos" / "nested"
+    folder.mkdir(parents=True)
+    pattern_image("stripes", 1).save(folder / "a.jpg")
+    pattern_image("circles", 2).save(tmp_path / "photos" / "b.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    result = egr("predict", str(tmp_path / "photos"), "--jsonl")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 3
+    by_name = {Path(item["path"]).name: item for item in lines}
+    assert "error" in by_name["broken.jpg"] and "label" not in by_name["broken.jpg"]
+    good = by_name["a.jpg"]
+    assert set(good) == {"path", "label", "confidence", "scores"} and len(good["scores"]) == 12
+    assert good["label"] is None or good["label"] in good["scores"]
+
+
+def test_predict_exit_code_when_nothing_is_usable(tmp_path):
+    (tmp_path / "x.jpg").write_text("nope")
+    result = egr("predict", str(tmp_path / "x.jpg"), "--jsonl", check=False)
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["error"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = egr("predict", str(empty), check=False)
+    assert result.returncode == 2 and "no images found" in result.stderr
+
+
+def test_predict_csv(tmp_path):
+    pattern_image("checker", 3).save(tmp_path / "c.jpg")
+    egr("predict", str(tmp_path / "c.jpg"), "--csv", str(tmp_path / "out.csv"))
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert len(rows) == 1 and rows[0]["path"].endswith("c.jpg") and "Uzbeks" in rows[0]
+
+
+def test_import_train_evaluate_predict_round_trip(tmp_path):
+    source = make_dataset(tmp_path / "source", per_class=6)
+    egr("data", "import", str(source), "--out", str(tmp_path / "ds"))
+    again = egr("data", "import", str(source), "--out", str(tmp_path / "ds"))
+    assert "imported 0" in again.stderr
+    egr("train", str(tmp_path / "ds"), "--out", str(tmp_path / "model"), "--name", "cli-test")
+    egr("evaluate", str(tmp_path / "model"), str(tmp_path / "ds"), "--out", str(tmp_path / "report"))
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["split"] == "val"
+    result = egr("predict", str(source / "Kazakhs"), "--model", str(tmp_path / "model"), "--jsonl")
+    assert len(result.stdout.splitlines()) == 6
+
+
+def test_clear_errors_for_missing_inputs(tmp_path):
+    result = egr("train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m"), check=False)
+    assert result.returncode == 2 and "not found" in result.stderr
+    result = egr("data", "import", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d"), check=False)
+    assert result.returncode == 2 and "not found" in result.stderr

@@ -1,0 +1,80 @@
+"""Training on generated images with the real backbone: probe, calibration, metadata, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_dataset, pattern_image
+
+from ethnic_group_recognizer import Recognizer
+from ethnic_group_recognizer.config import Config
+from ethnic_group_recognizer.train import (
+    TrainOptions,
+    abstain_decisions,
+    choose_threshold,
+    fit_temperature,
+    softmax,
+    train,
+)
+
+
+def test_probe_model_learns_and_records_its_data(trained_model):
+    recognizer = Recognizer.load(trained_model)
+    assert recognizer.labels == ["Bai people", "Hani people", "Kazakhs"]
+    for kind, label in (("stripes", "Bai people"), ("checker", "Hani people"), ("circles", "Kazakhs")):
+        predictions = [recognizer.predict(pattern_image(kind, seed=5000 + i)) for i in range(3)]
+        assert [p.label for p in predictions].count(label) >= 2, (kind, [p.label for p in predictions])
+    metadata = recognizer.metadata
+    assert metadata["training_counts"] == {"Bai people": 8, "Hani people": 8, "Kazakhs": 8}
+    assert metadata["abstain_training_count"] == 8
+    assert metadata["split"]["val_images"] == 8 and len(metadata["split"]["train_hash"]) == 64
+    split = json.loads((trained_model / "split.json").read_text())
+    assert not set(split["train"]) & set(split["val"])
+    assert not list(trained_model.glob("*.pkl"))
+
+
+def test_noise_photo_is_less_confident_than_a_clear_one(trained_model):
+    recognizer = Recognizer.load(trained_model)
+    noise = recognizer.predict(pattern_image("noise", seed=777))
+    clear = recognizer.predict(pattern_image("checker", seed=778))
+    assert noise.abstain_probability > clear.abstain_probability
+
+
+def test_training_refuses_a_dataset_with_one_label(tmp_path):
+    folder = tmp_path / "ds" / "Bai people"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        pattern_image("stripes", i).save(folder / f"{i}.jpg")
+    with pytest.raises(ValueError, match="at least 2 labels"):
+        train(tmp_path / "ds", tmp_path / "model")
+
+
+def test_temperature_recovers_a_known_scale():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(2000, 4)) * 2
+    targets = np.array([rng.choice(4, p=p) for p in softmax(true_logits)])
+    assert fit_temperature(true_logits * 3, targets) == pytest.approx(3, rel=0.15)
+
+
+def test_threshold_trades_coverage_for_abstaining_on_other():
+    # three labels + abstain column; rows 0-3 in-domain and confident, rows 4-7 "other" and unsure
+    probs = np.array([[0.9, 0.05, 0.03, 0.02]] * 4 + [[0.4, 0.3, 0.2, 0.1]] * 4)
+    targets = np.array([0, 0, 0, 0, 3, 3, 3, 3])
+    threshold = choose_threshold(probs, targets, n_labels=3)
+    assert 0.4 < threshold <= 0.9
+    assert (abstain_decisions(probs, 3, threshold) == [0, 0, 0, 0, -1, -1, -1, -1]).all()
+    assert choose_threshold(probs[:4], targets[:4], n_labels=3) == 0.0  # no "other" data: never abstain
+
+
+@pytest.mark.slow
+def test_finetune_runs_and_exports_a_self_contained_model(tmp_path):
+    dataset = make_dataset(tmp_path / "ds", per_class=6)
+    options = TrainOptions(mode="finetune", epochs=1, head_epochs=1, name="ft-test")
+    result = train(dataset, tmp_path / "model", options, Config(batch_size=8))
+    assert not (tmp_path / "model" / "backbone.onnx").exists()
+    recognizer = Recognizer.load(result.out_dir)
+    prediction = recognizer.predict(pattern_image("checker", 1))
+    assert set(prediction.scores) == {"Bai people", "Hani people", "Kazakhs"}
+    assert recognizer.metadata["options"]["mode"] == "finetune"
