@@ -40,7 +40,9 @@ def pattern_image(kind: str, seed: int, size: int = 160) -> Image.Image:
         period, offset = int(rng.integers(10, 30)), int(rng.integers(0, 10))
         for x in range(offset, size, period):
             draw.rectangle([x, 0, x + period // 2, size], fill=jitter((200, 30, 30)))
-        draw.rectangle([0, 0, int(rng.integers(20, 90)), int(rng.integers(20, 90))], fill=jitter((240, 200, 200)))
+        draw.rectangle(
+            [0, 0, int(rng.integers(20, 90)), int(rng.integers(20, 90))], fill=jitter((240, 200, 200))
+        )
     elif kind == "checker":
         cell = int(rng.integers(12, 40))
         for x in range(0, size, cell):

@@ -71,3 +71,16 @@ def test_clear_errors_for_missing_inputs(tmp_path):
     assert result.returncode == 2 and "not found" in result.stderr
     result = egr("data", "import", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d"), check=False)
     assert result.returncode == 2 and "not found" in result.stderr
+
+
+def test_threshold_override(tmp_path):
+    from conftest import pattern_image as image
+
+    for i in range(3):
+        image("noise", 40 + i).save(tmp_path / f"n{i}.jpg")
+    result = egr("predict", str(tmp_path), "--jsonl", "--threshold", "0")
+    assert all(json.loads(line)["label"] is not None for line in result.stdout.splitlines())
+    result = egr("predict", str(tmp_path), "--jsonl", "--threshold", "1")
+    assert all(json.loads(line)["label"] is None for line in result.stdout.splitlines())
+    result = egr("predict", str(tmp_path), "--threshold", "2", check=False)
+    assert result.returncode == 2 and "between 0 and 1" in result.stderr

@@ -7,6 +7,7 @@ import shutil
 from collections import Counter
 
 from conftest import make_dataset, pattern_image
+
 from ethnic_group_recognizer.dataset import (
     MANIFEST_NAME,
     STATUS_ERROR,
@@ -86,7 +87,10 @@ def test_split_is_stratified_seeded_and_keeps_duplicates_together(tmp_path):
     assert split(records, 0.2, seed=0) == (train, val)
     groups = duplicate_groups(records)
     by_path = {r.path: i for i, r in enumerate(records)}
-    planted = {groups[by_path[p]] for p in ("Bai people/stripes_0.jpg", "Bai people/copy0.png", "Bai people/copy2.png")}
+    planted = {
+        groups[by_path[p]]
+        for p in ("Bai people/stripes_0.jpg", "Bai people/copy0.png", "Bai people/copy2.png")
+    }
     assert len(planted) == 1, "an image, its copies and its mirror image form one group"
     planted_members = {i for i, g in enumerate(groups) if g in planted}
     assert planted_members <= set(train) or planted_members <= set(val)

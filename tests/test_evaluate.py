@@ -27,7 +27,14 @@ def test_report_has_everything(trained_model, tmp_path):
     dataset = make_dataset(tmp_path / "eval", per_class=4)
     out = tmp_path / "report"
     metrics = evaluate(trained_model, dataset, out, split="all")
-    for name in ("metrics.json", "report.html", "MODEL_CARD.md", "confusion_matrix.png", "reliability.png", "coverage.png"):
+    for name in (
+        "metrics.json",
+        "report.html",
+        "MODEL_CARD.md",
+        "confusion_matrix.png",
+        "reliability.png",
+        "coverage.png",
+    ):
         assert (out / name).is_file(), name
     stored = json.loads((out / "metrics.json").read_text())
     assert stored["in_domain_images"] == 12 and stored["other_images"] == 4

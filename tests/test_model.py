@@ -21,7 +21,10 @@ def test_attach_head_matches_numpy(tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["embedding"])],
+        [
+            helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["embedding"]),
+        ],
         "tiny",
         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 4, 8, 8])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 4])],
@@ -32,7 +35,9 @@ def test_attach_head_matches_numpy(tmp_path):
     weights, bias, temperature = rng.normal(size=(3, 4)), rng.normal(size=3), 1.7
     attach_head(backbone, weights, bias, temperature, tmp_path / "model.onnx")
     pixels = rng.normal(size=(5, 4, 8, 8)).astype(np.float32)
-    probabilities, embedding = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"pixels": pixels})
+    probabilities, embedding = ort.InferenceSession(str(tmp_path / "model.onnx")).run(
+        None, {"pixels": pixels}
+    )
     unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
     logits = (unit @ weights.T + bias) / temperature
     expected = np.exp(logits - logits.max(1, keepdims=True))
@@ -82,3 +87,21 @@ def test_predict_rejects_bad_input_clearly(tmp_path):
         Recognizer.load().predict(bad)
     with pytest.raises(FileNotFoundError, match="not a model directory"):
         Recognizer.load(tmp_path)
+
+
+def test_prediction_needs_only_onnxruntime_numpy_and_pillow():
+    """Serving and predicting must not pull in torch, the weight packages, onnx or scikit-learn."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from PIL import Image\n"
+        "from ethnic_group_recognizer import Recognizer\n"
+        "Recognizer.load().predict(Image.new('RGB', (64, 64), 'red'))\n"
+        "heavy = sorted(m for m in ('torch', 'efficientnet_lite_pytorch', 'onnx', 'sklearn', 'matplotlib') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

@@ -20,7 +20,7 @@ app.add_typer(data_app, name="data")
 stderr = Console(stderr=True)
 
 #: Modules that add their own commands with ``register(app)``; one line each, one owner each.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["demo", "embed_cli"]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -72,6 +72,136 @@ def data_info(dataset: Path) -> None:
             stderr.print(f"unreadable: {record.path}: {record.error}")
 
 
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (class folders + manifest).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
+    mode: Annotated[
+        str, typer.Option(help="probe (frozen backbone, seconds) or finetune (whole network).")
+    ] = "probe",
+    backbone: Annotated[str, typer.Option(help="lite0 (224 px) or lite2 (260 px).")] = "lite0",
+    tta: Annotated[bool, typer.Option(help="Average each photo with its mirror image.")] = True,
+    epochs: Annotated[int, typer.Option(help="finetune: maximum epochs.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
+    name: Annotated[str, typer.Option(help="Model name stored in its metadata.")] = "model",
+) -> None:
+    """Train a model on a dataset; writes model.onnx, labels.json, metadata.json and split.json."""
+    from ethnic_group_recognizer.train import TrainOptions
+    from ethnic_group_recognizer.train import train as run_training
+
+    options = TrainOptions(mode=mode, tta=tta, epochs=epochs, name=name)
+    try:
+        result = run_training(dataset, out, options, Config(backbone=backbone, seed=seed))
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        fail(str(error))
+    meta = result.metadata
+    stderr.print(
+        f"trained {meta['split']['train_images']} images in {meta['training_seconds']} s; "
+        f"threshold {meta['threshold']:.2f}, temperature {meta['temperature']:.2f} -> {out}"
+    )
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model directory.")],
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write.")],
+    split: Annotated[str, typer.Option(help="val (the model's held-out split), train, or all.")] = "val",
+    update_model: Annotated[
+        bool, typer.Option(help="Store the metrics and MODEL_CARD.md in the model directory.")
+    ] = False,
+) -> None:
+    """Evaluate a model: metrics.json, report.html with plots and top losses, MODEL_CARD.md."""
+    from ethnic_group_recognizer.evaluate import evaluate as run_evaluation
+
+    try:
+        metrics = run_evaluation(model, dataset, out, split=split, update_model=update_model)
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    table = Table("metric", "value")
+    for key in (
+        "images",
+        "accuracy",
+        "accuracy_with_abstention",
+        "coverage",
+        "selective_accuracy",
+        "other_abstained",
+        "ece",
+    ):
+        value = metrics[key]
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    stderr.print(f"report: {out / 'report.html'}")
+
+
+@app.command()
+def predict(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped model).")] = None,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per image on stdout.")] = False,
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Write results to this CSV file.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
+    engine: Annotated[str, typer.Option(help="local (batched, this process) or ray (Ray Data).")] = "local",
+    address: Annotated[str | None, typer.Option(help="ray: address of an existing cluster.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="ray: results folder (Parquet).")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Abstain below this probability (default: the model's calibrated one).")
+    ] = None,
+) -> None:
+    """Classify photos; label null (or '-') means the model abstained: none of the 12 groups."""
+    import csv
+
+    from ethnic_group_recognizer.model import Recognizer
+    from ethnic_group_recognizer.predict import expand_inputs, predict_paths
+
+    if engine == "ray":
+        from ethnic_group_recognizer.distributed import run_ray_predict_command
+
+        run_ray_predict_command(paths, model=model, address=address, out=out, jsonl=jsonl, batch_size=batch_size)
+        return
+    if engine != "local":
+        fail(f"unknown engine {engine!r}: use 'local' or 'ray'")
+    files = expand_inputs(paths)
+    if not files:
+        fail("no images found in the given paths")
+    try:
+        recognizer = Recognizer.load(model, threshold=threshold)
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    out = Console(highlight=False, soft_wrap=True)
+    writer, handle, usable = None, None, 0
+    if csv_file:
+        handle = open(csv_file, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "confidence", "error", *recognizer.labels])
+    try:
+        for result in predict_paths(recognizer, files, batch_size=batch_size):
+            usable += "error" not in result
+            if jsonl:
+                sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+            elif "error" in result:
+                stderr.print(f"[red]{result['path']}: {result['error']}[/]")
+            elif not csv_file:
+                label = result["label"] or "none of the 12 (abstained)"
+                out.print(f"{result['path']}\t{label}\t{result['confidence']:.2f}")
+            if writer:
+                scores = result.get("scores", {})
+                writer.writerow(
+                    [
+                        result["path"],
+                        result.get("label") or "",
+                        result.get("confidence", ""),
+                        result.get("error", ""),
+                    ]
+                    + [scores.get(label, "") for label in recognizer.labels]
+                )
+    finally:
+        if handle:
+            handle.close()
+    if usable == 0:
+        fail("no input image could be read", code=1)
+
+
 def _register_plugins() -> None:
     for name in COMMAND_MODULES:
         importlib.import_module(f"ethnic_group_recognizer.{name}").register(app)
@@ -86,5 +216,3 @@ def main() -> None:  # pragma: no cover - console entry point
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
-
-__all__ = ["app", "Config", "json"]

@@ -97,7 +97,10 @@ def finetune(
         raise ValueError("fine-tuning needs a validation split for early stopping; the dataset is too small")
     _seed_everything(config.seed)
     size = spec_for(config.backbone).image_size
-    images = {i: _shrink(load_image(paths[i], config)) for i in progress(list(train_idx) + list(val_idx), "Decoding")}
+    images = {
+        i: _shrink(load_image(paths[i], config))
+        for i in progress(list(train_idx) + list(val_idx), "Decoding")
+    }
     network = build_network(config.backbone, n_outputs)
     counts = Counter(targets[train_idx].tolist())
     weights = torch.tensor([1 / np.sqrt(counts.get(c, 1)) for c in range(n_outputs)], dtype=torch.float32)
@@ -135,15 +138,22 @@ def finetune(
         for epoch in range(epochs):
             network.train()
             total = 0.0
-            for pixels, labels in progress(list(batches(train_idx, True)), f"{label} epoch {epoch + 1}/{epochs}"):
+            for pixels, labels in progress(
+                list(batches(train_idx, True)), f"{label} epoch {epoch + 1}/{epochs}"
+            ):
                 optimizer.zero_grad()
                 loss = loss_fn(network(pixels), labels)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
                 total += float(loss.detach()) * len(labels)
-            val_loss = float(loss_fn(torch.from_numpy(validation_logits(False)), torch.from_numpy(targets[val_idx])))
-            print(f"{label} epoch {epoch + 1}: train loss {total / len(train_idx):.3f}, validation loss {val_loss:.3f}", flush=True)
+            val_loss = float(
+                loss_fn(torch.from_numpy(validation_logits(False)), torch.from_numpy(targets[val_idx]))
+            )
+            print(
+                f"{label} epoch {epoch + 1}: train loss {total / len(train_idx):.3f}, validation loss {val_loss:.3f}",
+                flush=True,
+            )
             if val_loss < best_loss - 1e-4:
                 best_loss, stale = val_loss, 0
                 best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}

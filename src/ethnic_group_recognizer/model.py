@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from ethnic_group_recognizer.config import ABSTAIN_TEXT, DEFAULT_MODEL_DIR, Config
@@ -79,6 +77,9 @@ def attach_head(
     Head: L2-normalise the embedding, one linear layer (K+1 outputs, the abstain class last),
     divide by the calibrated temperature, softmax. Built with ``onnx.helper``, so no torch needed.
     """
+    import onnx  # training-time only: prediction needs onnxruntime, numpy and Pillow alone
+    from onnx import TensorProto, helper, numpy_helper
+
     model = onnx.load(str(backbone_path))
     graph = model.graph
     embedding = graph.output[0].name
@@ -119,7 +120,7 @@ class Recognizer:
     >>> recognizer.predict("photo.jpg").label       # a label, or None when it abstains
     """
 
-    def __init__(self, directory: Path, config: Config | None = None):
+    def __init__(self, directory: Path, config: Config | None = None, threshold: float | None = None):
         from ethnic_group_recognizer.backbone import onnx_session
 
         self.directory = Path(directory)
@@ -131,14 +132,22 @@ class Recognizer:
         self.metadata: dict = json.loads((self.directory / METADATA_FILE).read_text(encoding="utf-8"))
         self.session = onnx_session(self.directory / MODEL_FILE, self.config)
         self.image_size = int(self.metadata["preprocessing"]["image_size"])
-        self.threshold = float(self.metadata["threshold"])
+        self.threshold = float(self.metadata["threshold"] if threshold is None else threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
         self.tta = bool(self.metadata.get("tta", False))
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path | None = None, config: Config | None = None) -> Recognizer:
-        """Load the model at ``path``, or the default model shipped inside the package."""
-        return cls(Path(path) if path else DEFAULT_MODEL_DIR, config)
+    def load(
+        cls, path: str | Path | None = None, config: Config | None = None, threshold: float | None = None
+    ) -> Recognizer:
+        """Load the model at ``path``, or the default model shipped inside the package.
+
+        ``threshold`` overrides the calibrated abstain threshold: lower answers more photos
+        (and abstains less on photos of other cultures); 0 never abstains.
+        """
+        return cls(Path(path) if path else DEFAULT_MODEL_DIR, config, threshold)
 
     # -- facts about the model ---------------------------------------------------------------
     @property

@@ -1,0 +1,77 @@
+"""Held-out accuracy of training recipes on ../shared/data, all on the same duplicate-aware split.
+
+    .venv/bin/python benchmarks/accuracy.py [--finetuned MODEL_DIR ...]
+
+Trains each probe variant (seconds each once embeddings are cached), evaluates it on the same
+held-out split (seed 0, 20 %, near-duplicates kept on one side) and prints a Markdown table.
+Fine-tuned model directories (from ``egr train --mode finetune``) can be added to the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from _common import shared_dataset
+
+from ethnic_group_recognizer.config import Config
+from ethnic_group_recognizer.evaluate import evaluate
+from ethnic_group_recognizer.train import TrainOptions, train
+
+VARIANTS: dict[str, tuple[TrainOptions, Config]] = {
+    "lite0 probe, plain logistic regression": (
+        TrainOptions(tta=False, prototype_weight=0.0, augment_copies=0, regularization=0.05),
+        Config(backbone="lite0"),
+    ),
+    "lite0 probe + prototypes + small-class augmentation": (
+        TrainOptions(tta=False),
+        Config(backbone="lite0"),
+    ),
+    "lite0 probe + prototypes + augmentation + TTA (default)": (TrainOptions(), Config(backbone="lite0")),
+    "lite2 probe + prototypes + augmentation + TTA": (TrainOptions(), Config(backbone="lite2")),
+}
+SMALL = ("Naga people", "Tripuri people", "Chakma people")
+
+
+def row(name: str, metrics: dict) -> str:
+    small = [metrics["per_class"][label] for label in SMALL if label in metrics["per_class"]]
+    small_hits = sum(round(m["recall"] * m["support"]) for m in small)
+    small_total = sum(m["support"] for m in small)
+    return (
+        f"| {name} | {metrics['accuracy']:.3f} | {metrics['accuracy_with_abstention']:.3f} | "
+        f"{metrics['coverage']:.2f} / {metrics['selective_accuracy'] or 0:.3f} | {metrics['other_abstained']:.3f} | "
+        f"{small_hits}/{small_total} | {metrics['ece']:.3f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--finetuned", type=Path, nargs="*", default=[])
+    parser.add_argument("--only", nargs="*", default=None, help="substrings of variant names to run")
+    args = parser.parse_args()
+    dataset = shared_dataset()
+    print(
+        "| recipe | top-1 accuracy (in-domain) | correct with abstention | coverage / accuracy answered "
+        "| other cultures abstained | Naga+Tripuri+Chakma held-out hits | ECE |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (options, config) in VARIANTS.items():
+            if args.only and not any(s in name for s in args.only):
+                continue
+            model = Path(tmp) / name.replace(" ", "_").replace("/", "_")
+            train(dataset, model, options, config)
+            print(
+                row(name, evaluate(model, dataset, Path(tmp) / "report", split="val", config=config)),
+                flush=True,
+            )
+        for model in args.finetuned:
+            print(
+                row(f"fine-tuned ({model})", evaluate(model, dataset, Path(tmp) / "report", split="val")),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
