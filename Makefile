@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# In development the example gallery shows ../shared/data/examples (never committed); without it the
+# gallery shows the photos this browser has classified.
+EXAMPLES := $(wildcard $(SHARED)/examples)
+
 serve: $(STAMP)
-	$(BIN)/egr serve --host 127.0.0.1 --port 8000
+	$(BIN)/egr serve --host 127.0.0.1 --port 8000 $(if $(EXAMPLES),--examples $(EXAMPLES))
 
 # Headless Chromium for the browser tests: Debian's package (a Playwright download fails offline).
 browser:

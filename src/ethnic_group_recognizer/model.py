@@ -30,7 +30,7 @@ LABELS_FILE = "labels.json"
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
 #: A class backed by fewer training images than this is flagged as low-data everywhere.
-LOW_DATA_IMAGES = 10
+LOW_DATA_IMAGES = 20
 
 
 @dataclass

@@ -1,0 +1,184 @@
+"""The Gradio 3 ``/run/predict`` contract, so clients of the original Space work against ``egr serve``.
+
+The project this product follows was a Gradio 3 Space whose static web page POSTed
+``{"data": ["data:image/...;base64,..."]}`` to ``/run/predict`` and printed
+``json.data[0].label``. These routes answer that request the way the Space did, so an old
+client changes nothing but the host. Differences are additive only: an abstention is the
+readable :data:`~ethnic_group_recognizer.config.ABSTAIN_TEXT` (the old page would print
+``null`` otherwise), and extra keys flag abstention and low-data classes.
+
+Images are decoded in memory and never written or logged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from ethnic_group_recognizer.config import Config
+from ethnic_group_recognizer.model import Prediction
+from ethnic_group_recognizer.serve.errors import APIError, decode_data_url, decode_image
+
+#: Routes Gradio 3 answered for an Interface's default endpoint; both spellings, with and without "/".
+LEGACY_PATHS: tuple[str, ...] = ("/run/predict", "/api/predict")
+#: Room in the request body for the JSON wrapper, the data-URL prefix and Gradio 3's extra keys.
+_BODY_SLACK_BYTES = 64 * 1024
+
+_REQUEST_SCHEMA: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 1,
+                        "items": {"type": "string", "example": "data:image/png;base64,iVBORw0KGgo..."},
+                        "description": "One image as a data URL, as FileReader.readAsDataURL gives it.",
+                    }
+                },
+                "additionalProperties": True,
+            }
+        }
+    },
+}
+_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "data": [
+        {
+            "label": "Kazakhs",
+            "confidences": [
+                {"label": "Kazakhs", "confidence": 0.93, "low_data": False},
+                {"label": "Uzbeks", "confidence": 0.04, "low_data": False},
+            ],
+            "abstained": False,
+            "low_data": False,
+        }
+    ],
+    "is_generating": False,
+    "duration": 0.05,
+    "average_duration": 0.05,
+}
+
+
+def label_payload(prediction: Prediction, low_data: frozenset[str] | set[str] = frozenset()) -> dict:
+    """Gradio's Label JSON for one prediction: never-null ``label``, all 12 scores high to low.
+
+    ``abstained`` and the ``low_data`` flags are additions a Gradio 3 client simply ignores.
+    """
+    return {
+        "label": prediction.display_label,
+        "confidences": [
+            {"label": label, "confidence": round(p, 6), "low_data": label in low_data}
+            for label, p in prediction.ranked()
+        ],
+        "abstained": prediction.abstained,
+        "low_data": prediction.label in low_data,
+    }
+
+
+def max_body_bytes(max_image_bytes: int) -> int:
+    """Largest request body worth reading: the base64 of the largest allowed image plus slack."""
+    return math.ceil(max_image_bytes / 3) * 4 + _BODY_SLACK_BYTES
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the request body but stop at ``limit`` bytes, so a huge upload cannot fill memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body is {int(declared):,} bytes; the limit is {limit:,} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"request body is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_legacy_body(body: bytes) -> str:
+    """The one data URL in a Gradio 3 ``{"data": [...]}`` body, or a 422 saying what is wrong.
+
+    Any Content-Type is accepted: browsers that send ``JSON.stringify`` output without a header
+    label it ``text/plain``, and the old Space accepted those too.
+    """
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise APIError(422, 'body must be JSON such as {"data": ["data:image/png;base64,..."]}') from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise APIError(422, 'body must be a JSON object with a "data" list')
+    data = payload["data"]
+    if len(data) != 1:
+        raise APIError(422, f'"data" must hold exactly one image (a data URL); it holds {len(data)} items')
+    if not isinstance(data[0], str):
+        raise APIError(422, '"data"[0] must be the image as a data URL string')
+    return data[0]
+
+
+def decode_legacy_request(body: bytes, config: Config, max_bytes: int) -> Image.Image:
+    """Request body to decoded image (JSON, base64, pixels): CPU work, so it runs in the pool."""
+    return decode_image(decode_data_url(parse_legacy_body(body), max_bytes), config, max_bytes)
+
+
+def install_legacy_routes(app: FastAPI) -> None:
+    """Add ``POST /run/predict`` and ``POST /api/predict`` (with or without a trailing slash).
+
+    Needs what :func:`~ethnic_group_recognizer.serve.app.create_app` sets up: the recognizer,
+    settings, thread pool and error handlers (errors come back in the product's JSON shape).
+    """
+    from ethnic_group_recognizer.serve.app import predict_image, run_blocking
+
+    timing = {"total": 0.0, "calls": 0}  # for Gradio's average_duration
+
+    async def legacy_predict(request: Request) -> JSONResponse:
+        """Classify one image sent as a Gradio 3 Interface call; reply the way Gradio 3 did."""
+        started = time.perf_counter()
+        max_bytes = app.state.settings.max_upload_bytes
+        recognizer = app.state.recognizer
+        body = await read_body(request, max_body_bytes(max_bytes))
+        image = await run_blocking(app, decode_legacy_request, body, recognizer.config, max_bytes)
+        del body
+        prediction = await predict_image(app, image)
+        duration = time.perf_counter() - started
+        timing["total"] += duration
+        timing["calls"] += 1
+        low_data = frozenset(recognizer.low_data_labels())
+        return JSONResponse(
+            {
+                "data": [label_payload(prediction, low_data)],
+                "is_generating": False,
+                "duration": duration,
+                "average_duration": timing["total"] / timing["calls"],
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    for index, path in enumerate(LEGACY_PATHS):
+        for variant in (path, path + "/"):
+            app.add_api_route(
+                variant,
+                legacy_predict,
+                methods=["POST"],
+                name=f"legacy_predict_{index}{'_slash' if variant.endswith('/') else ''}",
+                summary="Gradio 3 compatible prediction (drop-in for the original Space)",
+                tags=["gradio-compatible"],
+                include_in_schema=not variant.endswith("/"),
+                openapi_extra={"requestBody": _REQUEST_SCHEMA},
+                responses={
+                    200: {"content": {"application/json": {"example": _RESPONSE_EXAMPLE}}},
+                    400: {"description": "an image that cannot be decoded"},
+                    413: {"description": "image or body over the upload limit"},
+                    415: {"description": "the data URL or its content is not an image"},
+                    422: {"description": "malformed body or data URL"},
+                },
+            )

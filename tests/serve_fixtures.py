@@ -1,0 +1,129 @@
+"""A real uvicorn server on 127.0.0.1 in a background thread, and generated photos, for the serving tests.
+
+Import the fixtures into a test module (``from serve_fixtures import live_server, ...``). One
+server per session keeps the suites fast; it loads the shipped default model once.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image, ImageDraw
+
+from ethnic_group_recognizer.config import DEFAULT_MODEL_DIR
+from ethnic_group_recognizer.model import Recognizer
+from ethnic_group_recognizer.serve.app import ServeSettings, create_app
+
+#: The session server refuses images over this, so the 413 tests need not send 10 MB.
+TEST_UPLOAD_LIMIT = 2 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    """A uvicorn server running ``app`` on a free 127.0.0.1 port until :meth:`stop`."""
+
+    app: object
+    base: str = ""
+
+    def start(self, timeout: float = 60.0) -> LiveServer:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if not self.thread.is_alive():
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"test server did not become ready on {self.base}")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def require_default_model() -> Path:
+    if not (DEFAULT_MODEL_DIR / "model.onnx").is_file():
+        pytest.skip(f"the shipped default model is not built yet ({DEFAULT_MODEL_DIR})")
+    return DEFAULT_MODEL_DIR
+
+
+def photo(seed: int = 0, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A generated colourful 'photo': stripes, a disc and noise; no third-party pixels."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+    for x in range(0, size[0], 24):
+        draw.rectangle([x, 0, x + 10, size[1]], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    draw.ellipse([size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2], fill=(200, 30, 30))
+    return image
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def write_examples(root: Path) -> Path:
+    """A small examples folder in the shared-data layout (<label>/<file>), made of generated photos."""
+    for i, label in enumerate(("Bai people", "Naga people", "other")):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"generated{i}.png").write_bytes(encode(photo(100 + i), "PNG"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def recognizer() -> Recognizer:
+    return Recognizer.load(require_default_model())
+
+
+@pytest.fixture(scope="session")
+def site_origin() -> str:
+    """An origin (free port) the session server allows by CORS; the browser test serves a built site there."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    recognizer: Recognizer, tmp_path_factory: pytest.TempPathFactory, site_origin: str
+) -> Iterator[LiveServer]:
+    """The session's server: batching on, a 2 MB upload limit, generated examples, one allowed origin."""
+    settings = ServeSettings(
+        cors_origins=["https://site.example", site_origin],
+        max_upload_bytes=TEST_UPLOAD_LIMIT,
+        examples_dir=write_examples(tmp_path_factory.mktemp("examples")),
+        batching=True,
+        batch_wait_ms=10,
+    )
+    server = LiveServer(create_app(settings, recognizer=recognizer)).start()
+    yield server
+    server.stop()
