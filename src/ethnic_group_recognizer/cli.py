@@ -20,7 +20,7 @@ app.add_typer(data_app, name="data")
 stderr = Console(stderr=True)
 
 #: Modules that add their own commands with ``register(app)``; one line each, one owner each.
-COMMAND_MODULES: list[str] = ["demo", "embed_cli"]
+COMMAND_MODULES: list[str] = ["demo", "embed_cli", "serve.cli", "data_cli"]
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -1,0 +1,166 @@
+"""``egr review`` in a real browser: the page served by a real uvicorn on 127.0.0.1, driven by
+headless Chromium; every click and key is checked against the files on disk."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from test_clean import make_planted, snapshot
+
+from ethnic_group_recognizer import clean
+from ethnic_group_recognizer.serve.review import create_review_app
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+TIMEOUT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    root = make_planted(tmp_path / "dataset", per_class=6)
+    for name in ("dupA.jpg", "dupB.jpg"):  # a group of three identical files
+        shutil.copy(root / "Hani people/checker_5.jpg", root / f"Hani people/{name}")
+    report = clean.find_issues(root, clean.CleanOptions(embeddings=False), show_progress=False)
+    clean.save_queue(root, report)
+    return root
+
+
+@pytest.fixture
+def review(dataset: Path) -> Iterator[str]:
+    server = uvicorn.Server(
+        uvicorn.Config(create_review_app(dataset), host="127.0.0.1", port=0, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "review server did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def left(page) -> int:
+    return int(page.locator("#left").text_content())
+
+
+def wait_left(page, value: int) -> None:
+    page.wait_for_function(
+        f"() => document.getElementById('left').textContent === '{value}'", timeout=TIMEOUT_MS
+    )
+
+
+def card(page, path: str):
+    return page.locator(f'.card[data-path="{path}"]')
+
+
+def test_review_page_keys_clicks_groups_and_undo(browser, dataset: Path, review: str) -> None:
+    before = snapshot(dataset)
+    queue = clean.load_queue(dataset)
+    page = browser.new_page()
+    try:
+        page.goto(review)
+        page.wait_for_selector(".card", timeout=TIMEOUT_MS)
+        total = len(queue)
+        assert left(page) == total and page.locator("#total").text_content() == str(total)
+        # Cards show their reasons; within a class the most suspicious comes first.
+        copy_card = card(page, "Bai people/copy.jpg")
+        assert "exact duplicate of Bai people/stripes_0.jpg" in copy_card.locator(".reasons").text_content()
+        assert page.locator(".card img").first.evaluate("img => img.complete && img.naturalWidth > 0")
+
+        # Keyboard: the focused card is removed with 'x' (moved to the quarantine, not deleted).
+        first = page.locator(".card.current").get_attribute("data-path")
+        page.keyboard.press("x")
+        wait_left(page, total - 1)
+        assert not (dataset / first).exists()
+        assert (dataset / ".quarantine" / first).read_bytes() == before[first]
+
+        # Bulk: keep one copy of a duplicate group and remove the rest, in one click.
+        dup = card(page, "Hani people/dupB.jpg")
+        dup.locator("button.keep-one").click()
+        wait_left(page, total - 3)  # dupB kept, dupA (queued) and checker_5 removed
+        assert (dataset / "Hani people/dupB.jpg").exists()
+        assert not (dataset / "Hani people/dupA.jpg").exists()
+        assert not (dataset / "Hani people/checker_5.jpg").exists()
+
+        # Relabel with the card's own controls.
+        tiny = card(page, "Kazakhs/tiny.jpg")
+        tiny.locator("select.relabel-to").select_option("Hani people")
+        tiny.locator("button.relabel").click()
+        wait_left(page, total - 4)
+        assert (dataset / "Hani people/tiny.jpg").read_bytes() == before["Kazakhs/tiny.jpg"]
+
+        # 'k' keeps the focused card; 'u' undoes the last action (the keep), then the relabel.
+        kept = page.locator(".card.current").get_attribute("data-path")
+        page.keyboard.press("k")
+        wait_left(page, total - 5)
+        assert clean.Dataset(dataset).records[kept].extra["review"]["decision"] == "keep"
+        page.keyboard.press("u")
+        wait_left(page, total - 4)
+        assert "review" not in clean.Dataset(dataset).records[kept].extra
+        page.locator("#undo").click()
+        wait_left(page, total - 3)
+        assert (dataset / "Kazakhs/tiny.jpg").read_bytes() == before["Kazakhs/tiny.jpg"]
+
+        # The class filter shows one class; 'show reviewed' brings back the decided cards.
+        page.select_option("#class-filter", "Kazakhs")
+        labels = page.locator("section").evaluate_all("sections => sections.map(s => s.dataset.label)")
+        assert labels == ["Kazakhs"]
+        page.select_option("#class-filter", "")
+        page.check("#show-done")
+        assert card(page, "Hani people/dupB.jpg").locator(".status").text_content() == "kept"
+    finally:
+        page.close()
+    # Every action through the page is logged and undoable to the byte.
+    clean.undo(dataset, all_actions=True)
+    assert snapshot(dataset) == before
+
+
+def test_review_api_refuses_bad_requests(dataset: Path, review: str) -> None:
+    with httpx.Client(base_url=review, timeout=10) as client:
+        response = client.get("/api/image", params={"path": "../../etc/passwd"})
+        assert response.status_code == 404
+        assert response.json()["error"]["status"] == 404
+        response = client.post("/api/action", json={"action": "explode", "paths": ["Bai people/copy.jpg"]})
+        assert response.status_code == 422
+        response = client.post("/api/action", json={"action": "relabel", "paths": ["Bai people/copy.jpg"]})
+        assert response.status_code == 422 and "needs a label" in response.json()["error"]["message"]
+        response = client.post("/api/action", json={"action": "remove", "paths": ["Bai people/nope.jpg"]})
+        assert response.status_code == 404
+        assert client.post("/api/undo").status_code == 409  # nothing to undo yet
+        response = client.get("/api/image", params={"path": "Bai people/corrupt.jpg"})
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+
+
+def test_review_needs_a_queue(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="run 'egr clean"):
+        create_review_app(tmp_path / "empty")
