@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch==2.13.0 first, on its own: it resolves to the CPU build that lies on local disk.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[train,dev,demo,ray]'
+	$(BIN)/pip install --quiet -e '.[train,dev,demo,ray,collect]'
 	touch $(STAMP)
 
 install: $(STAMP)
