@@ -16,7 +16,8 @@ from fixtures_static.servers import data_url, default_recognizer, egr_serve, pho
 from ethnic_group_recognizer.config import ABSTAIN_TEXT, LABELS
 from ethnic_group_recognizer.model import Prediction, Recognizer
 from ethnic_group_recognizer.serve.errors import APIError
-from ethnic_group_recognizer.serve.legacy import label_payload, max_body_bytes, parse_legacy_body
+from ethnic_group_recognizer.serve.legacy import label_payload, parse_legacy_body
+from ethnic_group_recognizer.serve.payload import body_limit as max_body_bytes
 
 ALLOWED_ORIGIN = "http://allowed.example:5173"
 MAX_UPLOAD_MB = 1  # a small limit keeps the oversized-upload tests light

@@ -13,7 +13,6 @@ Images are decoded in memory and never written or logged.
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any
 
@@ -24,11 +23,10 @@ from PIL import Image
 from ethnic_group_recognizer.config import Config
 from ethnic_group_recognizer.model import Prediction
 from ethnic_group_recognizer.serve.errors import APIError, decode_data_url, decode_image
+from ethnic_group_recognizer.serve.payload import body_limit, read_limited
 
 #: Routes Gradio 3 answered for an Interface's default endpoint; both spellings, with and without "/".
 LEGACY_PATHS: tuple[str, ...] = ("/run/predict", "/api/predict")
-#: Room in the request body for the JSON wrapper, the data-URL prefix and Gradio 3's extra keys.
-_BODY_SLACK_BYTES = 64 * 1024
 
 _REQUEST_SCHEMA: dict[str, Any] = {
     "required": True,
@@ -85,26 +83,6 @@ def label_payload(prediction: Prediction, low_data: frozenset[str] | set[str] = 
     }
 
 
-def max_body_bytes(max_image_bytes: int) -> int:
-    """Largest request body worth reading: the base64 of the largest allowed image plus slack."""
-    return math.ceil(max_image_bytes / 3) * 4 + _BODY_SLACK_BYTES
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the request body but stop at ``limit`` bytes, so a huge upload cannot fill memory."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body is {int(declared):,} bytes; the limit is {limit:,} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"request body is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def parse_legacy_body(body: bytes) -> str:
     """The one data URL in a Gradio 3 ``{"data": [...]}`` body, or a 422 saying what is wrong.
 
@@ -145,7 +123,7 @@ def install_legacy_routes(app: FastAPI) -> None:
         started = time.perf_counter()
         max_bytes = app.state.settings.max_upload_bytes
         recognizer = app.state.recognizer
-        body = await read_body(request, max_body_bytes(max_bytes))
+        body = await read_limited(request, body_limit(max_bytes))
         image = await run_blocking(app, decode_legacy_request, body, recognizer.config, max_bytes)
         del body
         prediction = await predict_image(app, image)
