@@ -42,7 +42,7 @@ lint: $(STAMP)
 model: $(STAMP)
 	$(BIN)/egr data import $(SHARED)/scraped $(SHARED)/examples $(SHARED)/other --out data/shared
 	$(BIN)/egr train data/shared --out src/ethnic_group_recognizer/default_model --name default
-	$(BIN)/egr evaluate src/ethnic_group_recognizer/default_model data/shared --split val --out reports/default
+	$(BIN)/egr evaluate src/ethnic_group_recognizer/default_model data/shared --split val --out reports/default --update-model
 
 clean-venv:
 	rm -rf $(VENV)

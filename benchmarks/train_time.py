@@ -37,10 +37,19 @@ def main() -> None:
     parser.add_argument(
         "--finetune-epochs", type=int, default=0, help="0 skips fine-tuning (it takes minutes)"
     )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="an empty folder to fill (e.g. the user cache, to keep the embeddings); default: a temp dir",
+    )
     args = parser.parse_args()
     dataset = shared_dataset()
+    if args.cache_dir and args.cache_dir.exists() and any(args.cache_dir.iterdir()):
+        sys.exit(f"{args.cache_dir} is not empty: the first run must start with a cold cache")
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "EGR_CACHE_DIR": str(Path(tmp) / "cache")}
+        cache = args.cache_dir or Path(tmp) / "cache"
+        env = {**os.environ, "EGR_CACHE_DIR": str(cache)}
         runs = [
             ("probe, cold cache (ONNX export + embedding every image)", ["--mode", "probe"]),
             ("probe, warm cache (re-training)", ["--mode", "probe"]),

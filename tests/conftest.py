@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EGR_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: Debian's Chromium (``make browser`` installs it); Playwright's own download fails offline.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def pytest_configure(config):
@@ -28,6 +32,22 @@ def require_shared_data() -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     return require_shared_data()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Debian Chromium driven by Playwright, one per test module; skips (saying why) without it."""
+    if not CHROMIUM.is_file():
+        pytest.skip(
+            f"needs Debian's Chromium at {CHROMIUM}: run 'make browser' (apt-get install -y chromium)"
+        )
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make install)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 def pattern_image(kind: str, seed: int, size: int = 160) -> Image.Image:

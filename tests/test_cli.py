@@ -84,3 +84,43 @@ def test_threshold_override(tmp_path):
     assert all(json.loads(line)["label"] is None for line in result.stdout.splitlines())
     result = egr("predict", str(tmp_path), "--threshold", "2", check=False)
     assert result.returncode == 2 and "between 0 and 1" in result.stderr
+
+
+def test_square_brackets_in_paths_survive_error_messages(tmp_path):
+    """Rich markup must not eat "[draft]" nor crash on "[/x]": the path is printed as it is."""
+    missing = f"{tmp_path}/photos/[draft]/[/x]"
+    result = egr("data", "info", missing, check=False)
+    assert result.returncode == 2, result.stderr
+    assert f"error: dataset folder not found: {missing}\n" in result.stderr
+    assert "MarkupError" not in result.stderr and "Traceback" not in result.stderr
+
+    folder = tmp_path / "photos" / "[draft]"
+    folder.mkdir(parents=True)
+    pattern_image("stripes", 1).save(folder / "a [red].jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    result = egr("predict", str(folder))
+    assert result.stdout.startswith(f"{folder / 'a [red].jpg'} ")  # rich expands the tab
+    assert f"{folder / 'broken.jpg'}: " in result.stderr
+
+
+def test_progress_bar_on_stderr_and_silent_when_there_is_nothing_to_do(tmp_path):
+    source = tmp_path / "source" / "Kazakhs"
+    source.mkdir(parents=True)
+    pattern_image("circles", 1).save(source / "a.jpg")
+    result = egr("data", "import", str(tmp_path / "source"), "--out", str(tmp_path / "ds"))
+    assert "Importing" in result.stderr and "1/1" in result.stderr
+    assert "Importing" not in result.stdout
+    (tmp_path / "empty").mkdir()
+    result = egr("data", "import", str(tmp_path / "empty"), "--out", str(tmp_path / "ds2"))
+    assert "imported 0" in result.stderr
+    assert "Importing" not in result.stderr and "0/0" not in result.stderr
+
+
+def test_progress_helper_is_silent_for_zero_items(capsys):
+    from ethnic_group_recognizer.progress import progress
+
+    assert list(progress([], "Nothing")) == []
+    assert list(progress(range(0), "Nothing", total=0)) == []
+    assert list(progress(iter(()), "Nothing", total=0)) == []
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""

@@ -22,7 +22,6 @@ from ethnic_group_recognizer.model import Recognizer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHARED_EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "examples"
 TIMEOUT_MS = 30_000
 
@@ -57,22 +56,6 @@ def recognizer() -> Recognizer:
 def api(static_servers: tuple[str, str], recognizer: Recognizer) -> Iterator[str]:
     with egr_serve("--cors-origins", static_servers[0]) as running:
         yield running.base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def choose_photo_and_read_result(browser: object, page_origin: str, api: str, photo: Path) -> str:

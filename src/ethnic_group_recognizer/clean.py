@@ -11,6 +11,8 @@ roll back an action a crash interrupted and :func:`undo` can restore every byte.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import json
 import os
 import time
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ethnic_group_recognizer.config import ABSTAIN_LABEL, Config
 from ethnic_group_recognizer.dataset import (
@@ -31,7 +34,10 @@ from ethnic_group_recognizer.dataset import (
     STATUS_QUARANTINED,
     Dataset,
     Record,
+    append_jsonl,
+    group_folds,
     near_duplicate_pairs,
+    read_jsonl,
     write_manifest,
 )
 from ethnic_group_recognizer.images import is_image_path, sha256_file
@@ -50,6 +56,7 @@ CHECKS: tuple[str, ...] = (
     "mislabel",
     "other_like",
     "outlier",
+    "not_photo",
 )
 #: Checks whose fix needs no reviewer: a file that cannot be decoded, a byte-identical copy.
 SAFE_CHECKS = frozenset({"unreadable", "exact_duplicate"})
@@ -77,6 +84,13 @@ class CleanOptions:
         0.8  # flag if farther from its class centre than this share of other groups' images
     )
     min_class_images: int = 5  # smaller classes get no model-based checks
+    # "Not a photograph": pixel tests (stamp perforation, flat-colour graphics) on every image, and
+    # with embeddings on, the backbone's own ImageNet classifier ('comic book', i.e. drawn pictures).
+    not_photo: bool = True
+    drawing_probability: float = 0.1  # P('comic book') that flags a picture with a busy border ...
+    plain_border_decades: float = 1.0  # ... and a plain border lowers that bar up to 10x (to 1 %)
+    graphic_flat: float = 0.6  # a flat-colour graphic: this share of its subject in flat areas ...
+    graphic_colours: float = 0.7  # ... and this share in its 16 commonest colours
     seed: int = 0
 
 
@@ -249,12 +263,10 @@ def _out_of_fold_probabilities(
     """Held-out class probabilities for every image (group-aware folds, so copies never leak)."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold
 
     n_classes = int(targets.max()) + 1
     probabilities = np.zeros((len(targets), n_classes))
-    folds = StratifiedGroupKFold(n_splits=options.folds, shuffle=True, random_state=options.seed)
-    for fit, held in folds.split(features, targets, groups):
+    for fit, held in group_folds(targets, groups, options.folds, options.seed):
         # Few images cannot support many whitened directions (noise would be blown up), and the
         # penalty is set per 1,000 images so that it means the same on a small dataset.
         components = max(2, min(options.pca_components, len(fit) // 8, features.shape[1]))
@@ -287,8 +299,12 @@ def _embedding_checks(
     embedder,
     report: dict,
     show_progress: bool,
-) -> None:
-    """Likely mislabels (confident learning), 'looks like other', and class outliers."""
+) -> dict[str, float]:
+    """Likely mislabels (confident learning), 'looks like other', and class outliers.
+
+    Returns the backbone's drawing probability of every usable image by sha256, for the
+    'not a photograph' check (empty when that check is off or the classifier is unavailable).
+    """
     from ethnic_group_recognizer.images import ImageError, load_image
 
     usable = [r for r in records if r.status == STATUS_OK]
@@ -307,18 +323,41 @@ def _embedding_checks(
     sizes = Counter(r.label for r in reps_list)
     sizes[ABSTAIN_LABEL] += len(extra_other)
     classes = sorted(label for label, n in sizes.items() if n >= max(options.min_class_images, options.folds))
-    if len([c for c in classes if c != ABSTAIN_LABEL]) < 2:
+    enough = len([c for c in classes if c != ABSTAIN_LABEL]) >= 2
+    if not enough:
         for check in ("mislabel", "other_like", "outlier"):
             report[check] = f"needs at least 2 classes with {options.min_class_images}+ distinct images"
-        return
-    modelled = [r for r in reps_list if r.label in classes]
-    paths = [dataset.abspath(r) for r in modelled] + [p for p, _ in extra_other]
-    hashes = [r.sha256 for r in modelled] + [h for _, h in extra_other]
+        if not options.not_photo or not reps_list:
+            return {}
+        extra_other = []  # only the drawing score runs: it reads the dataset's own images
     if embedder is None:
         from ethnic_group_recognizer.backbone import Embedder
 
-        embedder = Embedder(dataset.config.backbone, dataset.config)
-    vectors = _unit(embedder.embed_files(paths, hashes, show_progress=show_progress))
+        try:
+            embedder = Embedder(dataset.config.backbone, dataset.config)
+        except RuntimeError as error:
+            if enough:
+                raise
+            report["not_photo"] = f"{error}; only the pixel tests ran, not the drawing score"
+            return {}
+    # Every representative is embedded (the drawing score wants them all); the model-based
+    # checks use the classes with enough images, plus the extra 'other' files.
+    paths = [dataset.abspath(r) for r in reps_list] + [p for p, _ in extra_other]
+    hashes = [r.sha256 for r in reps_list] + [h for _, h in extra_other]
+    raw = embedder.embed_files(paths, hashes, show_progress=show_progress)
+    drawing: dict[str, float] = {}
+    if options.not_photo:
+        n = len(reps_list)
+        probabilities = _drawing_probabilities(
+            embedder, paths[:n], hashes[:n], raw[:n], dataset.config, report, show_progress
+        )
+        if probabilities is not None:
+            drawing = {r.sha256: float(p) for r, p in zip(reps_list, probabilities, strict=True)}
+    if not enough:
+        return drawing
+    chosen = np.array([i for i, r in enumerate(reps_list) if r.label in classes], dtype=int)
+    modelled = [reps_list[i] for i in chosen]
+    vectors = _unit(np.concatenate([raw[chosen], raw[len(reps_list) :]]))
     labels = [r.label for r in modelled] + [ABSTAIN_LABEL] * len(extra_other)
     index = {label: i for i, label in enumerate(classes)}
     targets = np.array([index[label] for label in labels])
@@ -396,6 +435,277 @@ def _embedding_checks(
                     f"outlier: farther from the other {label} images than {closer:.0%} of other groups' images",
                     "remove",
                 )
+    return drawing
+
+
+# -- "not a photograph": drawings, prints, stamps ------------------------------------------------
+#: ImageNet-1k's "comic book": the class the backbone's own classifier gives drawn pictures.
+DRAWING_CLASS = 917
+#: Pictures are measured at this size (long side): resolution-independent, and fast to decode.
+PICTURE_SIDE = 384
+_BORDER_TOLERANCE = 24  # a border pixel this close (0-255, every channel) to its median is "plain"
+_FLAT_RANGE = 3  # a pixel whose 3x3 neighbourhood spans at most this much brightness is flat
+_PERFORATION_PEAK = 0.5  # share of a border row's variation in one period, per side
+
+
+@dataclass
+class PictureStats:
+    """Pixel facts that tell a drawing, print or stamp from a photograph (see :func:`picture_stats`)."""
+
+    plain_border: float  # share of the outermost pixels that have one colour (backdrop, paper)
+    subject: float  # share of pixels not in the backdrop (the flat areas that reach the border)
+    flat: float  # share of the subject in flat areas: fills, not texture or camera noise
+    colours: float  # share of the subject covered by its 16 commonest colours (5 bits a channel)
+    perforation: tuple[int, float] | None = None  # (sides, tooth spacing in px) of a stamp's edge
+
+
+def _perforation(background: np.ndarray) -> tuple[int, float] | None:
+    """(sides, tooth spacing in px) when the edge of ``background`` (True: the colour round the
+    picture) is toothed evenly, like a stamp's; None otherwise.
+
+    A stamp's perforation, seen against a backdrop, makes the rows just inside the edge
+    alternate between backdrop and paper at one spacing; the Fourier spectrum of such a row has
+    one strong peak. At least three sides must show it, with the same spacing (within 15 %).
+    """
+    spacings = []
+    for mask in (background, background[::-1], background.T, background.T[::-1]):
+        depth, length = mask.shape
+        rows = mask[: max(4, depth // 8), int(length * 0.1) : int(length * 0.9)]  # corners round off
+        frequencies = np.fft.rfftfreq(rows.shape[1])
+        band = (frequencies >= 1 / 40) & (frequencies <= 1 / 5)  # a tooth every 5 to 40 px
+        best_peak, best_spacing = 0.0, 0.0
+        for row in rows:
+            share = float(row.mean())
+            if not band.any() or not 0.2 <= share <= 0.8:
+                continue
+            power = np.abs(np.fft.rfft(row - share)) ** 2
+            k = int(np.argmax(np.where(band, power, 0.0)))
+            peak = float(power[max(k - 1, 1) : k + 2].sum() / max(power[1:].sum(), 1e-12))
+            if peak > best_peak:
+                best_peak, best_spacing = peak, float(1 / frequencies[k])
+        if best_peak >= _PERFORATION_PEAK:
+            spacings.append(best_spacing)
+    if len(spacings) < 3:
+        return None
+    middle = float(np.median(spacings))
+    agree = [s for s in spacings if abs(s - middle) <= 0.15 * middle]
+    return (len(agree), middle) if len(agree) >= 3 else None
+
+
+def _spread3(pixels: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest max - min over its 3x3 neighbourhood in any channel (separable)."""
+    padded = np.pad(pixels, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    high = np.maximum(np.maximum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+    high = np.maximum(np.maximum(high[:-2], high[1:-1]), high[2:])
+    low = np.minimum(np.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+    low = np.minimum(np.minimum(low[:-2], low[1:-1]), low[2:])
+    return (high - low).max(axis=2)
+
+
+def picture_stats(image: Image.Image) -> PictureStats:
+    """Measure a picture (any size; it is scaled to :data:`PICTURE_SIDE` first).
+
+    The backdrop (flat areas connected to the border: a studio wall, the sky, the paper) is
+    left out, so that flatness and colours describe the subject: a drawing's fills are flat and
+    few-coloured, a photographed subject has texture, shading and noise.
+    """
+    from scipy import ndimage
+
+    image = image.convert("RGB")
+    if max(image.size) > PICTURE_SIDE:
+        image = image.copy()
+        image.thumbnail((PICTURE_SIDE, PICTURE_SIDE), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.int16)
+    frame = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    colour = np.median(frame, axis=0)
+    off_border = np.abs(frame - colour).max(axis=1)
+    plain = float((off_border <= _BORDER_TOLERANCE).mean())
+    # Brightness only: JPEG blurs colour (chroma subsampling), which would make fills look textured.
+    flat_mask = _spread3(np.asarray(image.convert("L"), np.int16)[..., None]) <= _FLAT_RANGE
+    regions, _ = ndimage.label(flat_mask)
+    touching = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
+    subject = ~np.isin(regions, touching[touching > 0])
+    flat, colours = 0.0, 0.0
+    if subject.sum() >= 0.05 * subject.size:  # an almost empty page says nothing
+        flat = float(flat_mask[subject].mean())
+        quantised = (pixels[..., 0] >> 3) * 1024 + (pixels[..., 1] >> 3) * 32 + (pixels[..., 2] >> 3)
+        counts = np.bincount(quantised[subject], minlength=32768)
+        colours = float(np.sort(counts)[-16:].sum() / subject.sum())
+    perforation = None
+    if (off_border <= 40).mean() >= 0.9:  # a backdrop all round: look for a toothed edge
+        perforation = _perforation(np.abs(pixels - colour).max(axis=2) <= 60)
+    return PictureStats(plain, float(subject.mean()), flat, colours, perforation)
+
+
+def not_photo_evidence(
+    stats: PictureStats, drawing: float | None = None, options: CleanOptions | None = None
+) -> list[tuple[float, str]]:
+    """Each reason to think a picture is no photograph, as (score 0-1, text a person can read).
+
+    ``drawing`` is the backbone's ImageNet probability of 'comic book' (None: not known). It
+    counts more when the picture sits on a plain border (paper, a blank backdrop): the bar is
+    ``drawing_probability`` for a busy border, ``plain_border_decades`` powers of ten lower for
+    a perfectly plain one.
+    """
+    options = options or CleanOptions()
+    found: list[tuple[float, str]] = []
+    if stats.perforation is not None:
+        sides, spacing = stats.perforation
+        found.append(
+            (0.8, f"perforated edge like a postage stamp ({sides} sides, a tooth every {spacing:.0f} px)")
+        )
+    if stats.flat >= options.graphic_flat and stats.colours >= options.graphic_colours:
+        found.append(
+            (
+                0.6,
+                f"flat-colour graphic ({stats.flat:.0%} of the subject in flat areas, "
+                f"16 colours cover {stats.colours:.0%})",
+            )
+        )
+    if drawing is not None and drawing > 0:
+        margin = (
+            np.log10(drawing / options.drawing_probability)
+            + options.plain_border_decades * stats.plain_border
+        )
+        if margin >= 0:
+            plain = f", plain border {stats.plain_border:.0%}" if stats.plain_border >= 0.5 else ""
+            found.append(
+                (
+                    0.5 + 0.3 * min(float(margin), 1.0),
+                    f"the backbone sees a drawing ('comic book' {drawing:.1%}{plain})",
+                )
+            )
+    return found
+
+
+def _imagenet_head(backbone: str, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The backbone's own ImageNet-1k classifier (weight, bias), cached beside its ONNX export.
+
+    It reads the mean-pooled features at the ImageNet input size (see :func:`_classifier_embedder`),
+    so class probabilities come from cached embeddings without running the network again. torch
+    reads the weights once.
+    """
+    from ethnic_group_recognizer import backbone as backbones
+
+    spec = backbones.spec_for(backbone)
+    version = backbones._weights_version(spec)
+    path = config.cache_dir / "backbones" / f"{spec.name}-{version}-imagenet-head.npz"
+    if not path.exists():
+        import torch
+
+        weights = getattr(importlib.import_module(spec.weights_package), spec.weights_class)
+        state = torch.load(weights.get_model_file_path(), map_location="cpu", weights_only=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(
+            tmp,
+            weight=state["_fc.weight"].numpy().astype(np.float32),
+            bias=state["_fc.bias"].numpy().astype(np.float32),
+        )
+        os.replace(tmp, path)
+    with np.load(path) as data:
+        return data["weight"], data["bias"]
+
+
+def _classifier_embedder(embedder):
+    """An embedder of the features the backbone's ImageNet classifier reads: mean-pooled, at the
+    ImageNet input size. ``embedder`` itself when its features are those (or when it does not
+    say: a custom embedder is taken at its word), else a sibling with that size and pooling."""
+    spec = getattr(embedder, "spec", None)
+    if spec is None:
+        return embedder
+    native = getattr(spec, "native_size", spec.image_size)
+    if getattr(spec, "pooling", "mean") == "mean" and spec.image_size == native:
+        return embedder
+    from dataclasses import replace
+
+    from ethnic_group_recognizer.backbone import Embedder
+
+    config = replace(embedder.config, feature_size=native, feature_pooling="mean")
+    return Embedder(embedder.backbone, config)
+
+
+def _drawing_probabilities(
+    embedder,
+    paths: Sequence[Path],
+    hashes: Sequence[str],
+    vectors: np.ndarray,
+    config: Config,
+    report: dict,
+    show_progress: bool,
+) -> np.ndarray | None:
+    """P('comic book') of each image under the backbone's ImageNet classifier (None: unavailable).
+
+    ``vectors`` are ``embedder``'s embeddings of ``paths``; they are used as they are when they
+    are the classifier's input, else the images are embedded once more (and cached) that way.
+    """
+    try:
+        weight, bias = _imagenet_head(getattr(embedder, "backbone", config.backbone), config)
+        reader = _classifier_embedder(embedder)
+        if reader is not embedder:
+            vectors = reader.embed_files(paths, hashes, show_progress=show_progress)
+    except (
+        ImportError,
+        importlib.metadata.PackageNotFoundError,
+        KeyError,
+        OSError,
+        ValueError,
+        TypeError,
+        RuntimeError,
+    ) as error:
+        report["not_photo"] = (
+            f"the drawing score needs the backbone's ImageNet classifier ('train' extra): {error}; "
+            "only the pixel tests ran"
+        )
+        return None
+    if vectors.shape[1] != weight.shape[1]:
+        report["not_photo"] = "the embeddings do not fit the backbone's classifier; only the pixel tests ran"
+        return None
+    logits = vectors.astype(np.float64) @ weight.T + bias
+    top = logits.max(axis=1, keepdims=True)
+    log_total = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return np.exp(logits[:, DRAWING_CLASS] - log_total)
+
+
+def _picture(path: Path, config: Config) -> Image.Image:
+    """The picture, decoded at about :data:`PICTURE_SIDE` (JPEG draft mode: a fraction of the work)."""
+    from ethnic_group_recognizer.images import load_image
+
+    with Image.open(path) as image:
+        image.draft("RGB", (2 * PICTURE_SIDE, 2 * PICTURE_SIDE))
+        return load_image(image, config)
+
+
+def _not_photo_checks(
+    dataset: Dataset,
+    records: list[Record],
+    flags: _Flags,
+    options: CleanOptions,
+    drawing: dict[str, float],
+    show_progress: bool,
+) -> None:
+    """Drawings, prints and stamps: pixel tests on every usable image, plus the drawing score."""
+    from ethnic_group_recognizer.images import ImageError
+    from ethnic_group_recognizer.progress import progress
+
+    by_content: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        if record.status == STATUS_OK:
+            by_content[record.sha256].append(record)
+    for sha256, copies in progress(
+        list(by_content.items()), "Looking for drawings", disable=not show_progress or not by_content
+    ):
+        try:
+            stats = picture_stats(_picture(dataset.abspath(copies[0]), dataset.config))
+        except (ImageError, OSError):
+            continue  # the file checks report what cannot be read
+        found = not_photo_evidence(stats, drawing.get(sha256), options)
+        if not found:
+            continue
+        score = 1.0 - float(np.prod([1.0 - s for s, _ in found]))
+        reason = "not a photograph? " + "; ".join(text for _, text in found)
+        for record in copies:
+            flags.add(record.path, "not_photo", score, reason, "remove")
 
 
 def _kept(record: Record) -> bool:
@@ -425,12 +735,19 @@ def find_issues(
     flags = _Flags({r.path: r for r in records})
     skipped: dict[str, str] = {}
     _file_checks(records, flags, options)
+    drawing: dict[str, float] = {}
     if not options.embeddings:
         skipped.update({c: "embeddings turned off" for c in ("mislabel", "other_like", "outlier")})
+        if options.not_photo:
+            skipped["not_photo"] = "embeddings turned off: only the pixel tests ran, not the drawing score"
     else:
-        _embedding_checks(
+        drawing = _embedding_checks(
             dataset, records, flags, options, [Path(p) for p in other_dirs], embedder, skipped, show_progress
         )
+    if options.not_photo:
+        _not_photo_checks(dataset, records, flags, options, drawing, show_progress)
+    else:
+        skipped["not_photo"] = "turned off"
     result = flags.result()
     by_path = {r.path: r for r in records}
     kept = [f for f in result if _kept(by_path[f.path])]
@@ -466,26 +783,11 @@ def _log_path(root: Path) -> Path:
 
 def read_log(root: str | Path) -> list[dict]:
     """Every entry of the append-only action log, oldest first (a torn last line is ignored)."""
-    path = _log_path(Path(root))
-    if not path.exists():
-        return []
-    entries = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a crash while appending can leave half a line; it was never acted on
-    return entries
+    return read_jsonl(_log_path(Path(root)))
 
 
 def _append(root: Path, entry: dict) -> None:
-    path = _log_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_jsonl(_log_path(root), entry)
 
 
 def _actions(root: Path) -> tuple[dict[str, dict], dict[str, str]]:
@@ -707,7 +1009,7 @@ def auto_fix(dataset: Dataset | str | Path, report: CleanReport | None = None) -
     """Quarantine only what needs no reviewer: unreadable files and byte-identical copies."""
     dataset = _open(dataset)
     if report is None:
-        report = find_issues(dataset, CleanOptions(embeddings=False), show_progress=False)
+        report = find_issues(dataset, CleanOptions(embeddings=False, not_photo=False), show_progress=False)
     safe = [f for f in report.flags if f.safe]
     safe = [
         f for f in safe if f.path in dataset.records and dataset.records[f.path].status != STATUS_QUARANTINED

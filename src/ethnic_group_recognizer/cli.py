@@ -10,22 +10,18 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ethnic_group_recognizer.config import Config
+from ethnic_group_recognizer.console import fail, stderr
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Dataset folders and their manifests.")
 app.add_typer(data_app, name="data")
-stderr = Console(stderr=True)
 
 #: Modules that add their own commands with ``register(app)``; one line each, one owner each.
 COMMAND_MODULES: list[str] = ["demo", "embed_cli", "serve.cli", "data_cli"]
-
-
-def fail(message: str, code: int = 2) -> None:
-    stderr.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 @data_app.command("import")
@@ -69,7 +65,9 @@ def data_info(dataset: Path) -> None:
     Console().print(table)
     for record in ds.records.values():
         if record.status == STATUS_ERROR:
-            stderr.print(f"unreadable: {record.path}: {record.error}")
+            stderr.print(
+                f"unreadable: {escape(str(record.path))}: {escape(str(record.error))}", soft_wrap=True
+            )
 
 
 @app.command()
@@ -79,7 +77,7 @@ def train(
     mode: Annotated[
         str, typer.Option(help="probe (frozen backbone, seconds) or finetune (whole network).")
     ] = "probe",
-    backbone: Annotated[str, typer.Option(help="lite0 (224 px) or lite2 (260 px).")] = "lite0",
+    backbone: Annotated[str, typer.Option(help="lite0 (default, 13 MB) or lite2 (larger, slower).")] = "lite0",
     tta: Annotated[bool, typer.Option(help="Average each photo with its mirror image.")] = True,
     epochs: Annotated[int, typer.Option(help="finetune: maximum epochs.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
@@ -97,7 +95,7 @@ def train(
     meta = result.metadata
     stderr.print(
         f"trained {meta['split']['train_images']} images in {meta['training_seconds']} s; "
-        f"threshold {meta['threshold']:.2f}, temperature {meta['temperature']:.2f} -> {out}"
+        f"threshold {meta['threshold']:.2f}, temperature {meta['temperature']:.2f} -> {escape(str(out))}"
     )
 
 
@@ -131,7 +129,7 @@ def evaluate(
         value = metrics[key]
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     Console().print(table)
-    stderr.print(f"report: {out / 'report.html'}")
+    stderr.print(f"report: {escape(str(out / 'report.html'))}", soft_wrap=True)
 
 
 @app.command()
@@ -145,7 +143,8 @@ def predict(
     address: Annotated[str | None, typer.Option(help="ray: address of an existing cluster.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="ray: results folder (Parquet).")] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Abstain below this probability (default: the model's calibrated one).")
+        float | None,
+        typer.Option(help="Abstain below this probability (default: the model's calibrated one)."),
     ] = None,
 ) -> None:
     """Classify photos; label null (or '-') means the model abstained: none of the 12 groups."""
@@ -157,7 +156,9 @@ def predict(
     if engine == "ray":
         from ethnic_group_recognizer.distributed import run_ray_predict_command
 
-        run_ray_predict_command(paths, model=model, address=address, out=out, jsonl=jsonl, batch_size=batch_size)
+        run_ray_predict_command(
+            paths, model=model, address=address, out=out, jsonl=jsonl, batch_size=batch_size
+        )
         return
     if engine != "local":
         fail(f"unknown engine {engine!r}: use 'local' or 'ray'")
@@ -168,7 +169,7 @@ def predict(
         recognizer = Recognizer.load(model, threshold=threshold)
     except (FileNotFoundError, ValueError) as error:
         fail(str(error))
-    out = Console(highlight=False, soft_wrap=True)
+    out = Console(highlight=False, soft_wrap=True, markup=False)  # a path "[draft]/a.jpg" is no markup
     writer, handle, usable = None, None, 0
     if csv_file:
         handle = open(csv_file, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
@@ -180,7 +181,9 @@ def predict(
             if jsonl:
                 sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
             elif "error" in result:
-                stderr.print(f"[red]{result['path']}: {result['error']}[/]")
+                stderr.print(
+                    f"[red]{escape(str(result['path']))}: {escape(str(result['error']))}[/]", soft_wrap=True
+                )
             elif not csv_file:
                 label = result["label"] or "none of the 12 (abstained)"
                 out.print(f"{result['path']}\t{label}\t{result['confidence']:.2f}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import random
@@ -31,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from ethnic_group_recognizer.config import LABELS, Config
-from ethnic_group_recognizer.dataset import STATUS_OK, Dataset, describe_file
+from ethnic_group_recognizer.dataset import STATUS_OK, Dataset, append_jsonl, describe_file, read_jsonl
 from ethnic_group_recognizer.images import (
     ImageError,
     is_image_path,
@@ -456,27 +455,6 @@ class LabelSummary:
     errors: Counter = field(default_factory=Counter)
 
 
-def _append_jsonl(path: Path, entry: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    entries = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line from an interrupted run
-    return entries
-
-
 def _error_kind(error: str) -> str:
     return error.split(":")[0].split(" (")[0]
 
@@ -497,7 +475,7 @@ class Collector:
         self.dataset = Dataset(out, config)
         self.dataset.refresh(show_progress=False)
         self.done: set[tuple[str, str]] = set()
-        for entry in _read_jsonl(self.log_path):
+        for entry in read_jsonl(self.log_path):
             if entry.get("status") in ("ok", "duplicate") or not entry.get("transient"):
                 self.done.add((entry["label"], entry["url"]))
         self.by_hash: dict[str, str] = {}
@@ -512,7 +490,7 @@ class Collector:
         cache_path = self.state_dir / SEARCH_FILE
         cached = {
             (e["engine"], e["query"]): e
-            for e in _read_jsonl(cache_path)
+            for e in read_jsonl(cache_path)
             if e.get("engine") == self.source.name
         }
         wanted = max(1, math.ceil(need * self.options.search_factor / len(self.options.queries)))
@@ -533,7 +511,7 @@ class Collector:
                     "results": [asdict(r) for r in found],
                 }
                 if self.source.name == DuckDuckGoSource.name:
-                    _append_jsonl(cache_path, entry)
+                    append_jsonl(cache_path, entry)
             lists.append([(query, SearchResult(**r)) for r in entry["results"]])
         merged, seen = [], set()
         for row in range(max((len(x) for x in lists), default=0)):
@@ -614,7 +592,7 @@ class Collector:
 
     def _log(self, label: str, url: str, status: str, **details: object) -> None:
         entry = {"time": time.time(), "label": label, "url": url, "status": status, **details}
-        _append_jsonl(self.log_path, entry)
+        append_jsonl(self.log_path, entry)
         if status in ("ok", "duplicate") or not details.get("transient"):
             self.done.add((label, url))
 

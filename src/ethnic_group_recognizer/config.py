@@ -43,13 +43,16 @@ class Config:
     """Settings every stage reads; defaults are the ones the shipped model was made with."""
 
     backbone: str = "lite0"
+    #: Input side and pooling of frozen features; None: the backbone's own (backbone.BACKBONES).
+    feature_size: int | None = None
+    feature_pooling: str | None = None
     cache_dir: Path = field(default_factory=default_cache_dir)
     seed: int = 0
     val_fraction: float = 0.2
     batch_size: int = 32
     #: Images with more pixels than this are refused as decompression bombs.
     max_pixels: int = 64_000_000
-    #: Images smaller than this on their short side are unusable for a 224 px model.
+    #: Images smaller than this on their short side are unusable.
     min_side: int = 32
     #: Worker threads for onnxruntime; 0 lets it use every core.
     threads: int = 0

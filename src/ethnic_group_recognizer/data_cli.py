@@ -12,12 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-stderr = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    stderr.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(code)
+from ethnic_group_recognizer.console import fail as _fail
+from ethnic_group_recognizer.console import stderr
 
 
 def register(app: typer.Typer) -> None:
@@ -121,7 +117,10 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--undo-all", help="Revert every action, newest first.")
         ] = False,
         embeddings: Annotated[
-            bool, typer.Option(help="Run the model-based checks (mislabels, outliers, 'other'-like).")
+            bool,
+            typer.Option(
+                help="Run the model-based checks (mislabels, outliers, 'other'-like, the drawing score)."
+            ),
         ] = True,
         limit: Annotated[int, typer.Option(help="Rows of the table (0: all); --jsonl prints all.")] = 40,
     ) -> None:

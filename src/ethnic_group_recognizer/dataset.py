@@ -324,3 +324,45 @@ def split(records: list[Record], val_fraction: float = 0.2, seed: int = 0) -> tu
         else:
             train.extend(indices)
     return sorted(train), sorted(val)
+
+
+def group_folds(
+    targets: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified, seeded ``(fit, held)`` index pairs that keep duplicate groups in one fold.
+
+    Used for out-of-fold predictions (calibration, confident learning). Classes with fewer
+    images than folds are expected here (Akha has one photo), so scikit-learn's warning about
+    them is silenced: such an image is simply held out in one fold and missing from the rest.
+    """
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return list(folds.split(np.zeros(len(targets)), targets, groups))
+
+
+def append_jsonl(path: Path, entry: dict) -> None:
+    """Append one JSON line and fsync it: the action and download logs must survive a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Entries oldest first; a torn last line (a crash mid-append) was never acted on and is skipped."""
+    if not path.exists():
+        return []
+    entries = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return entries

@@ -758,15 +758,7 @@ def run_ray_predict_command(
     paths: list[str], model: Path | None, address: str | None, out: Path | None, jsonl: bool, batch_size: int
 ) -> None:
     """``egr predict SOURCE... --engine ray --out DIR``: Parquet parts in DIR, JSONL in DIR on request."""
-    import typer
-    from rich.console import Console
-    from rich.markup import escape
-
-    stderr = Console(stderr=True)
-
-    def fail(message: str, code: int = 2) -> None:
-        stderr.print(f"[bold red]error:[/] {escape(message)}")  # escape: "[ray]" is no markup tag
-        raise typer.Exit(code)
+    from ethnic_group_recognizer.console import fail, stderr
 
     if out is None:
         fail("--engine ray writes a Parquet results folder: give it with --out DIR")

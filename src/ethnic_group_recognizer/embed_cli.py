@@ -11,15 +11,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-stderr = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    stderr.print(f"[bold red]error:[/] {escape(message)}")  # escape: "[ray]" is no markup tag
-    raise typer.Exit(code)
+from ethnic_group_recognizer.console import fail as _fail
+from ethnic_group_recognizer.console import stderr
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +32,7 @@ def register(app: typer.Typer) -> None:
         address: Annotated[
             str | None, typer.Option(help="ray: address of an existing cluster (default: a local Ray).")
         ] = None,
-        backbone: Annotated[str, typer.Option(help="lite0 (224 px) or lite2 (260 px).")] = "lite0",
+        backbone: Annotated[str, typer.Option(help="lite0 (default, 13 MB) or lite2 (larger, slower).")] = "lite0",
         batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
         mirror: Annotated[
             bool, typer.Option(help="Also store the mirror-image embedding (training uses both).")

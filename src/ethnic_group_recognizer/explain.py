@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 
 from ethnic_group_recognizer.model import Recognizer
 
-#: Default grid: 7 x 7 patches of 32 px on a 224 px input, each blurred out with a 2-patch-wide window.
+#: Default grid: 7 x 7 patches of the model input (about 46 px of 320), each blurred out with a 2-patch-wide window.
 DEFAULT_GRID = 7
 #: The overlay's longest side; enough to see the regions, small enough for a JSON response.
 OVERLAY_MAX_SIDE = 384

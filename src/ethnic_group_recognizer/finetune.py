@@ -1,8 +1,12 @@
 """Fine-tuning the whole network in torch: fastai's ``fine_tune`` recipe, readable top to bottom.
 
 Head warm-up with the backbone frozen, then everything unfrozen with a ten times smaller rate for
-the backbone, cosine decay, augmentation, early stopping on the validation loss and a fixed seed.
-The result is exported to ONNX, so prediction never needs torch. Needs the ``train`` extra.
+the backbone, one-cycle schedule, augmentation, early stopping on the validation loss and a fixed
+seed. The warm-up starts from a closed-form linear probe on the frozen features ("LP-FT", Kumar et
+al., 2022): a randomly initialised head sends large, noisy gradients into the pretrained backbone
+and distorts its features before the head has learnt anything, and on 2 cores there are only a
+few epochs to spend. The result is exported to ONNX, so prediction never needs torch. Needs the
+``train`` extra.
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ethnic_group_recognizer.backbone import export_onnx, load_torch_backbone, preprocess, spec_for
+from ethnic_group_recognizer.backbone import export_onnx, load_torch_backbone, pool, preprocess, spec_for
 from ethnic_group_recognizer.config import Config
 from ethnic_group_recognizer.images import load_image
 from ethnic_group_recognizer.progress import progress
-from ethnic_group_recognizer.train import TrainOptions, augment
+from ethnic_group_recognizer.train import TrainOptions, augment, fit_probe_head
 
 #: Images are decoded once and kept at this short side in memory; crops are taken from there.
 CACHE_SIDE = 288
@@ -33,7 +37,7 @@ def _seed_everything(seed: int):
     torch.set_num_threads(os.cpu_count() or 1)
 
 
-def build_network(backbone: str, n_outputs: int):
+def build_network(backbone: str, n_outputs: int, pooling: str = "gem"):
     """Pretrained EfficientNet-Lite features + a cosine-style linear head (unit embedding, learnt scale)."""
     import torch
 
@@ -45,7 +49,7 @@ def build_network(backbone: str, n_outputs: int):
             self.scale = torch.nn.Parameter(torch.tensor(10.0))
 
         def features(self, pixels):
-            return self.backbone.extract_features(pixels).mean(dim=(2, 3))
+            return pool(self.backbone.extract_features(pixels), pooling)
 
         def forward(self, pixels):
             unit = torch.nn.functional.normalize(self.features(pixels), dim=1)
@@ -67,9 +71,28 @@ class _FeatureExport:
                 self.net = network.backbone
 
             def forward(self, pixels):
-                return self.net.extract_features(pixels).mean(dim=(2, 3))
+                return network.features(pixels)
 
         return Features()
+
+
+def _initialise_head_from_probe(
+    network, images, targets: np.ndarray, size: int, n_outputs: int, config: Config
+):
+    """Set the head to a logistic-regression probe on the frozen backbone's features (the LP of LP-FT)."""
+    import torch
+
+    network.eval()
+    features = []
+    with torch.no_grad():
+        for start in range(0, len(images), config.batch_size):
+            pixels = np.stack([preprocess(im, size) for im in images[start : start + config.batch_size]])
+            features.append(network.features(torch.from_numpy(pixels)).numpy())
+    probe = TrainOptions(prototype_weight=0.0, augment_copies=0)
+    weights, bias = fit_probe_head(np.concatenate(features), targets, n_outputs, probe, config.seed)
+    with torch.no_grad():  # forward() is scale * head(unit features); the probe acts on unit features
+        network.head.weight.copy_(torch.from_numpy(weights / float(network.scale)).float())
+        network.head.bias.copy_(torch.from_numpy(bias / float(network.scale)).float())
 
 
 def _shrink(image):
@@ -96,12 +119,12 @@ def finetune(
     if len(val_idx) == 0:
         raise ValueError("fine-tuning needs a validation split for early stopping; the dataset is too small")
     _seed_everything(config.seed)
-    size = spec_for(config.backbone).image_size
+    size = spec_for(config.backbone).native_size  # every epoch pays for the pixels: the ImageNet size
     images = {
         i: _shrink(load_image(paths[i], config))
         for i in progress(list(train_idx) + list(val_idx), "Decoding")
     }
-    network = build_network(config.backbone, n_outputs)
+    network = build_network(config.backbone, n_outputs, spec_for(config.backbone).pooling)
     counts = Counter(targets[train_idx].tolist())
     weights = torch.tensor([1 / np.sqrt(counts.get(c, 1)) for c in range(n_outputs)], dtype=torch.float32)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights / weights.mean(), label_smoothing=0.1)
@@ -166,6 +189,9 @@ def finetune(
     best_loss, best_state, stale = float("inf"), None, 0
     for parameter in network.backbone.parameters():
         parameter.requires_grad = False
+    _initialise_head_from_probe(
+        network, [images[i] for i in train_idx], targets[train_idx], size, n_outputs, config
+    )
     head_params = [*network.head.parameters(), network.scale]
     run_epochs(options.head_epochs, torch.optim.AdamW(head_params, lr=options.learning_rate * 3), "head")
     for parameter in network.backbone.parameters():

@@ -15,12 +15,15 @@ _stderr = Console(stderr=True)
 def progress(
     items: Iterable[T], description: str, disable: bool = False, total: int | None = None
 ) -> Iterator[T]:
-    """Yield ``items`` while drawing a progress bar on stderr (stdout stays clean for --jsonl)."""
-    if disable:
-        yield from items
-        return
+    """Yield ``items`` while drawing a progress bar on stderr (stdout stays clean for --jsonl).
+
+    Silent when there is nothing to do (``total`` is 0): no empty "0/0" bar.
+    """
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
+    if disable or total == 0:
+        yield from items
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=_stderr, transient=False) as bar:
         task = bar.add_task(description, total=total)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from ethnic_group_recognizer.config import ABSTAIN_LABEL, Config
-from ethnic_group_recognizer.dataset import Dataset, Record, duplicate_groups, split
+from ethnic_group_recognizer.dataset import Dataset, Record, duplicate_groups, group_folds, split
 from ethnic_group_recognizer.images import load_image
 from ethnic_group_recognizer.model import FORMAT_VERSION, LABELS_FILE, METADATA_FILE, MODEL_FILE, attach_head
 
@@ -40,7 +40,7 @@ class TrainOptions:
     prototype_weight: float = 0.3  # blend of nearest-class-mean (cosine) logits into the head
     tta: bool = True  # average the photo and its mirror image at prediction time
     epochs: int = 8  # finetune
-    head_epochs: int = 2  # finetune: head warm-up with the backbone frozen
+    head_epochs: int = 1  # finetune: head warm-up with the backbone frozen, after the probe initialisation
     learning_rate: float = 1e-3  # finetune, head; the backbone gets a tenth
     patience: int = 2  # finetune: early stopping on validation loss
     name: str = "model"
@@ -216,12 +216,9 @@ def _out_of_fold_logits(
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Held-out logits for the training images from 5 group-aware folds (for calibration)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=seed)
     logits = np.zeros((len(train_idx), n_outputs))
     covered = np.zeros(len(train_idx), bool)
-    for fit_part, held_part in folds.split(train_idx, targets[train_idx], groups[train_idx]):
+    for fit_part, held_part in group_folds(targets[train_idx], groups[train_idx], 5, seed):
         weights, bias = fit_probe_head(
             *_training_matrix(views, train_idx[fit_part], targets), n_outputs, options, seed
         )
@@ -299,13 +296,15 @@ def train(
     counts = Counter(r.label for r in train_records)
     from ethnic_group_recognizer.backbone import spec_for
 
+    spec = spec_for(config.backbone, config)
     metadata = {
         "format_version": FORMAT_VERSION,
         "name": options.name,
         "version": time.strftime("%Y.%m.%d"),
-        "backbone": spec_for(config.backbone).name,
+        "backbone": spec.name,
+        "pooling": spec.pooling,
         "preprocessing": {
-            "image_size": spec_for(config.backbone).image_size,
+            "image_size": spec.image_size if options.mode == "probe" else spec.native_size,
             "resize": "squish",
             "scale": "(pixel - 127) / 128",
             "channels": "RGB",

@@ -6,15 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-stderr = Console(stderr=True)
+from ethnic_group_recognizer.console import fail as _fail
+from ethnic_group_recognizer.console import stderr
+
 site_app = typer.Typer(no_args_is_help=True, help="The web app as a static site.")
-
-
-def _fail(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
 
 
 def serve(

@@ -1,0 +1,19 @@
+"""The one stderr console of the CLI and its error exit, shared by every command module."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+stderr = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` on stderr and exit with ``code`` (2: bad input, 1: nothing usable).
+
+    The message is escaped: a path like ``photos/[draft]/a.jpg`` is no markup tag. ``soft_wrap``
+    keeps a long path on one line, so it can be copied.
+    """
+    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
