@@ -77,7 +77,9 @@ def train(
     mode: Annotated[
         str, typer.Option(help="probe (frozen backbone, seconds) or finetune (whole network).")
     ] = "probe",
-    backbone: Annotated[str, typer.Option(help="lite0 (default, 13 MB) or lite2 (larger, slower).")] = "lite0",
+    backbone: Annotated[
+        str, typer.Option(help="lite0 (default, 13 MB) or lite2 (larger, slower).")
+    ] = "lite0",
     tta: Annotated[bool, typer.Option(help="Average each photo with its mirror image.")] = True,
     epochs: Annotated[int, typer.Option(help="finetune: maximum epochs.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,

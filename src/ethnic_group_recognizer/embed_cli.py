@@ -32,7 +32,9 @@ def register(app: typer.Typer) -> None:
         address: Annotated[
             str | None, typer.Option(help="ray: address of an existing cluster (default: a local Ray).")
         ] = None,
-        backbone: Annotated[str, typer.Option(help="lite0 (default, 13 MB) or lite2 (larger, slower).")] = "lite0",
+        backbone: Annotated[
+            str, typer.Option(help="lite0 (default, 13 MB) or lite2 (larger, slower).")
+        ] = "lite0",
         batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
         mirror: Annotated[
             bool, typer.Option(help="Also store the mirror-image embedding (training uses both).")
