@@ -758,7 +758,7 @@ def run_ray_predict_command(
     paths: list[str], model: Path | None, address: str | None, out: Path | None, jsonl: bool, batch_size: int
 ) -> None:
     """``egr predict SOURCE... --engine ray --out DIR``: Parquet parts in DIR, JSONL in DIR on request."""
-    from ethnic_group_recognizer.console import fail, stderr
+    from ethnic_group_recognizer.console import fail
 
     if out is None:
         fail("--engine ray writes a Parquet results folder: give it with --out DIR")
@@ -771,7 +771,14 @@ def run_ray_predict_command(
         fail(str(error))
     except (FileNotFoundError, ValueError) as error:
         fail(str(error))
-    report_summary(summary, stderr, "predicted")
+    finish_command(summary, "predicted")
+
+
+def finish_command(summary: RunSummary, verb: str) -> None:
+    """A command's last step: the summary line, then exit 2 for no inputs, 1 for nothing readable."""
+    from ethnic_group_recognizer.console import fail, stderr
+
+    report_summary(summary, stderr, verb)
     if summary.inputs == 0:
         fail("no images found in the given paths")
     if summary.processed and summary.usable == 0:

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         ] = True,
     ) -> None:
         """Embed images with the frozen backbone into Parquet: path, sha256, embedding(s), error."""
-        from ethnic_group_recognizer.distributed import MissingExtraError, embed_to_parquet, report_summary
+        from ethnic_group_recognizer.distributed import MissingExtraError, embed_to_parquet, finish_command
 
         if engine not in ("local", "ray"):
             _fail(f"unknown engine {engine!r}: use 'local' or 'ray'")
@@ -57,11 +57,7 @@ def register(app: typer.Typer) -> None:
             )
         except (MissingExtraError, FileNotFoundError, ValueError, RuntimeError) as error:
             _fail(str(error))
-        report_summary(summary, stderr, "embedded")
-        if summary.inputs == 0:
-            _fail("no images found in the given paths")
-        if summary.processed and summary.usable == 0:
-            _fail("no input image could be read", code=1)
+        finish_command(summary, "embedded")
 
     @app.command("embed-import")
     def embed_import(
