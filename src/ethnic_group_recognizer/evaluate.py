@@ -360,8 +360,9 @@ and festival photos, suggesting tags for a human cataloguer to confirm, teaching
 
 ## Model
 - Backbone: {meta.get("backbone")} (ImageNet-1k weights, Apache-2.0), input {meta["preprocessing"]["image_size"]} px,
-  scaled `{meta["preprocessing"]["scale"]}`; head: {meta.get("options", {}).get("mode", "probe")}
-  (logistic regression on frozen embeddings blended with class prototypes in probe mode).
+  scaled `{meta["preprocessing"]["scale"]}`, {meta.get("pooling", "mean")}-pooled features;
+  head: {meta.get("options", {}).get("mode", "probe")} (logistic regression on frozen embeddings
+  blended with class prototypes in probe mode; fine-tuned from that probe in finetune mode).
 - Test-time augmentation (mirror): {"on" if meta.get("tta") else "off"}. Temperature {meta.get("temperature", 1):.2f},
   abstain threshold {recognizer.threshold:.2f}, calibrated on {meta.get("calibrated_on", "held-out data")}.
 
