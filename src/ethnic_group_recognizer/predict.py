@@ -37,7 +37,7 @@ def predict_paths(
     """Yield ``{"path", "label", "confidence", "scores"}`` or ``{"path", "error"}`` per path."""
     for start in progress(
         range(0, len(paths), batch_size),
-        "Predicting",
+        f"Predicting {len(paths)} images, batches of {batch_size}",
         disable=not show_progress,
         total=-(-len(paths) // batch_size),
     ):

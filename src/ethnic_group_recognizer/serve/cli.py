@@ -23,7 +23,9 @@ def serve(
             help="Comma-separated origins allowed to call the API ('*': any; default $EGR_CORS_ORIGINS)."
         ),
     ] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted image, in MB.")] = 10.0,
+    max_upload_mb: Annotated[
+        float, typer.Option(help="Largest accepted image, in MiB (1 MiB = 1,048,576 bytes).")
+    ] = 10.0,
     examples: Annotated[
         Path | None,
         typer.Option(help="Folder of example photos for the gallery (e.g. ../shared/data/examples)."),
