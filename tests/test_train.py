@@ -68,6 +68,18 @@ def test_threshold_trades_coverage_for_abstaining_on_other():
     assert choose_threshold(probs[:4], targets[:4], n_labels=3) == 0.0  # no "other" data: never abstain
 
 
+def test_threshold_with_a_target_abstains_on_that_share_of_other_photos():
+    # "other" photos with top probabilities 0.2, 0.3, ..., 0.6; in-domain ones at 0.9
+    other = np.array([[p, (1 - p) / 3, (1 - p) / 3, (1 - p) / 3] for p in (0.2, 0.3, 0.4, 0.5, 0.6)])
+    probs = np.vstack([[[0.9, 0.04, 0.03, 0.03]] * 5, other])
+    targets = np.array([0] * 5 + [3] * 5)
+    threshold = choose_threshold(probs, targets, n_labels=3, other_target=0.8)
+    decided = abstain_decisions(probs, 3, threshold)
+    assert (decided[5:] == -1).mean() >= 0.8 and (decided[:5] == 0).all()
+    assert 0.5 < threshold <= 0.6  # the lowest threshold that abstains on 4 of the 5
+    assert choose_threshold(probs, targets, n_labels=3, other_target=0.6) < threshold
+
+
 @pytest.mark.slow
 def test_finetune_runs_and_exports_a_self_contained_model(tmp_path):
     dataset = make_dataset(tmp_path / "ds", per_class=6)

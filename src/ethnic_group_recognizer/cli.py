@@ -84,12 +84,23 @@ def train(
     epochs: Annotated[int, typer.Option(help="finetune: maximum epochs.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
     name: Annotated[str, typer.Option(help="Model name stored in its metadata.")] = "model",
+    abstain_target: Annotated[
+        float,
+        typer.Option(
+            help="Share of held-out 'other' photos the model must abstain on (0: balance abstention "
+            "against accuracy instead)."
+        ),
+    ] = 0.9,
 ) -> None:
     """Train a model on a dataset; writes model.onnx, labels.json, metadata.json and split.json."""
     from ethnic_group_recognizer.train import TrainOptions
     from ethnic_group_recognizer.train import train as run_training
 
-    options = TrainOptions(mode=mode, tta=tta, epochs=epochs, name=name)
+    if not 0 <= abstain_target < 1:
+        fail(f"--abstain-target must be in [0, 1), got {abstain_target}")
+    options = TrainOptions(
+        mode=mode, tta=tta, epochs=epochs, name=name, abstain_target=abstain_target or None
+    )
     try:
         result = run_training(dataset, out, options, Config(backbone=backbone, seed=seed))
     except (FileNotFoundError, ValueError, RuntimeError) as error:

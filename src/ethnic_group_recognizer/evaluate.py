@@ -329,6 +329,14 @@ def _sources_section() -> str:
     return "\n".join(table) + "\n\n" + note
 
 
+def _threshold_rule(meta: dict) -> str:
+    """How the threshold was chosen, for the model card."""
+    target = meta.get("options", {}).get("abstain_target")
+    if target:
+        return f" (the lowest that abstains on {target:.0%} of the held-out photos of other cultures)"
+    return " (balancing abstention on other cultures against in-domain accuracy)"
+
+
 def model_card(recognizer: Recognizer, metrics: dict) -> str:
     """The model card, generated from the evaluation so its figures can never drift from the report."""
     meta = recognizer.metadata
@@ -364,7 +372,7 @@ and festival photos, suggesting tags for a human cataloguer to confirm, teaching
   head: {meta.get("options", {}).get("mode", "probe")} (logistic regression on frozen embeddings
   blended with class prototypes in probe mode; fine-tuned from that probe in finetune mode).
 - Test-time augmentation (mirror): {"on" if meta.get("tta") else "off"}. Temperature {meta.get("temperature", 1):.2f},
-  abstain threshold {recognizer.threshold:.2f}, calibrated on {meta.get("calibrated_on", "held-out data")}.
+  abstain threshold {recognizer.threshold:.2f}{_threshold_rule(meta)}, calibrated on {meta.get("calibrated_on", "held-out data")}.
 
 ## Results on the held-out split ({metrics["images"]} photos, duplicates kept on one side)
 | metric | value |

@@ -39,6 +39,9 @@ class TrainOptions:
     augment_copies: int = 8  # augmented copies per image of a small class (probe)
     prototype_weight: float = 0.3  # blend of nearest-class-mean (cosine) logits into the head
     tta: bool = True  # average the photo and its mirror image at prediction time
+    # share of held-out ``other`` photos the threshold must abstain on; None: balance it with accuracy.
+    # 0.9: a wrong label misleads a cataloguer more than no label (README, Results)
+    abstain_target: float | None = 0.9
     epochs: int = 8  # finetune
     head_epochs: int = 1  # finetune: head warm-up with the backbone frozen, after the probe initialisation
     learning_rate: float = 1e-3  # finetune, head; the backbone gets a tenth
@@ -90,11 +93,16 @@ def abstain_decisions(probabilities: np.ndarray, n_labels: int, threshold: float
     return np.where(confident, best, -1)
 
 
-def choose_threshold(probabilities: np.ndarray, targets: np.ndarray, n_labels: int) -> float:
-    """Threshold maximising the mean of in-domain accuracy and the rate of abstaining on ``other``.
+def choose_threshold(
+    probabilities: np.ndarray, targets: np.ndarray, n_labels: int, other_target: float | None = None
+) -> float:
+    """The abstain threshold, from held-out probabilities of in-domain and ``other`` photos.
 
-    Abstaining on an in-domain photo counts as a mistake, so the threshold only rises while it
-    rejects more ``other`` photos than it costs correct answers. Without ``other`` data: 0.
+    With ``other_target`` (e.g. 0.85): the lowest threshold that abstains on at least that share of
+    the ``other`` photos — abstention calibrated on the other cultures, answering as many in-domain
+    photos as that allows. Without: the threshold maximising the mean of in-domain accuracy
+    (abstaining counts as a mistake) and the rate of abstaining on ``other``. Without ``other``
+    data: 0 (never abstain).
     """
     in_domain = targets < n_labels
     if in_domain.all() or not in_domain.any():
@@ -102,10 +110,15 @@ def choose_threshold(probabilities: np.ndarray, targets: np.ndarray, n_labels: i
     best_threshold, best_score = 0.0, -1.0
     for threshold in np.linspace(0.0, 0.95, 96):
         decided = abstain_decisions(probabilities, n_labels, threshold)
-        score = (decided[in_domain] == targets[in_domain]).mean() + (decided[~in_domain] == -1).mean()
+        abstained_other = (decided[~in_domain] == -1).mean()
+        if other_target is not None:
+            if abstained_other >= other_target - 1e-9:
+                return float(threshold)
+            continue
+        score = (decided[in_domain] == targets[in_domain]).mean() + abstained_other
         if score > best_score + 1e-9:
             best_threshold, best_score = float(threshold), score
-    return best_threshold
+    return 0.95 if other_target is not None else best_threshold
 
 
 # -- the probe -----------------------------------------------------------------------------
@@ -287,7 +300,9 @@ def train(
         calibration_note = "the validation split (fine-tuning has no out-of-fold predictions)"
 
     temperature = fit_temperature(oof_logits, oof_targets)
-    threshold = choose_threshold(softmax(oof_logits / temperature), oof_targets, len(labels))
+    threshold = choose_threshold(
+        softmax(oof_logits / temperature), oof_targets, len(labels), options.abstain_target
+    )
     attach_head(backbone_path, weights, bias, temperature, out / MODEL_FILE)
     if options.mode == "finetune":
         backbone_path.unlink()  # folded into model.onnx; the fine-tuned backbone is of no use alone
