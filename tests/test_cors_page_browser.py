@@ -16,13 +16,13 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import require_shared_data
 from fixtures_static.servers import PAGE_DIR, default_recognizer, egr_serve, photo_bytes, plain_bytes
 
 from ethnic_group_recognizer.model import Recognizer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-SHARED_EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "examples"
 TIMEOUT_MS = 30_000
 
 
@@ -97,11 +97,10 @@ def test_page_on_another_origin_shows_the_label(
 def test_page_with_a_real_photo(
     browser: object, static_servers: tuple[str, str], api: str, recognizer: Recognizer, tmp_path: Path
 ) -> None:
-    if not SHARED_EXAMPLES.is_dir():
-        pytest.skip(f"shared example photos not found at {SHARED_EXAMPLES}")
-    photos = sorted(p for p in SHARED_EXAMPLES.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    examples = require_shared_data() / "examples"
+    photos = sorted(p for p in examples.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if not photos:
-        pytest.skip(f"no JPEG or PNG photos under {SHARED_EXAMPLES}")
+        pytest.skip(f"no JPEG or PNG photos under {examples}")
     photo = tmp_path / f"photo{photos[0].suffix.lower()}"
     shutil.copyfile(photos[0], photo)  # a temporary copy: the browser needs a plain path
     text = choose_photo_and_read_result(browser, static_servers[0], api, photo)
