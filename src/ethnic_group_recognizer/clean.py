@@ -661,10 +661,9 @@ def _drawing_probabilities(
     if vectors.shape[1] != weight.shape[1]:
         report["not_photo"] = "the embeddings do not fit the backbone's classifier; only the pixel tests ran"
         return None
-    logits = vectors.astype(np.float64) @ weight.T + bias
-    top = logits.max(axis=1, keepdims=True)
-    log_total = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-    return np.exp(logits[:, DRAWING_CLASS] - log_total)
+    from ethnic_group_recognizer.train import softmax
+
+    return softmax(vectors.astype(np.float64) @ weight.T + bias)[:, DRAWING_CLASS]
 
 
 def _picture(path: Path, config: Config) -> Image.Image:

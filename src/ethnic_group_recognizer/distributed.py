@@ -767,9 +767,7 @@ def run_ray_predict_command(
         summary = predict_to_parquet(
             paths, out, model, engine="ray", address=address, batch_size=batch_size, jsonl=jsonl
         )
-    except MissingExtraError as error:
-        fail(str(error))
-    except (FileNotFoundError, ValueError) as error:
+    except (MissingExtraError, FileNotFoundError, ValueError) as error:
         fail(str(error))
     finish_command(summary, "predicted")
 

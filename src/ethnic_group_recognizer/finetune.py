@@ -87,7 +87,7 @@ def _initialise_head_from_probe(
     """
     import torch
 
-    from ethnic_group_recognizer.train import _unit, fit_temperature
+    from ethnic_group_recognizer.train import _logits, fit_temperature
 
     network.eval()
     order = [*train_idx, *val_idx]
@@ -102,7 +102,7 @@ def _initialise_head_from_probe(
     n_outputs = network.head.out_features
     probe = TrainOptions(prototype_weight=0.0, augment_copies=0)
     weights, bias = fit_probe_head(fit_part, targets[train_idx], n_outputs, probe, config.seed)
-    temperature = fit_temperature(_unit(val_part) @ weights.T + bias, targets[val_idx])
+    temperature = fit_temperature(_logits(val_part, weights, bias), targets[val_idx])
     scale = temperature * network.scale.item()  # forward() is scale * head(unit features)
     with torch.no_grad():
         network.head.weight.copy_(torch.from_numpy(weights / scale).float())
@@ -133,12 +133,13 @@ def finetune(
     if len(val_idx) == 0:
         raise ValueError("fine-tuning needs a validation split for early stopping; the dataset is too small")
     _seed_everything(config.seed)
-    size = spec_for(config.backbone).native_size  # every epoch pays for the pixels: the ImageNet size
+    spec = spec_for(config.backbone, config)  # the pooling train() records in the metadata
+    size = spec.native_size  # every epoch pays for the pixels: the ImageNet size
     images = {
         i: _shrink(load_image(paths[i], config))
         for i in progress(list(train_idx) + list(val_idx), "Decoding")
     }
-    network = build_network(config.backbone, n_outputs, spec_for(config.backbone).pooling)
+    network = build_network(config.backbone, n_outputs, spec.pooling)
     counts = Counter(targets[train_idx].tolist())
     weights = torch.tensor([1 / np.sqrt(counts.get(c, 1)) for c in range(n_outputs)], dtype=torch.float32)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights / weights.mean(), label_smoothing=0.1)

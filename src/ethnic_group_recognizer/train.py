@@ -107,18 +107,20 @@ def choose_threshold(
     in_domain = targets < n_labels
     if in_domain.all() or not in_domain.any():
         return 0.0
-    best_threshold, best_score = 0.0, -1.0
-    for threshold in np.linspace(0.0, 0.95, 96):
-        decided = abstain_decisions(probabilities, n_labels, threshold)
-        abstained_other = (decided[~in_domain] == -1).mean()
-        if other_target is not None:
-            if abstained_other >= other_target - 1e-9:
-                return float(threshold)
-            continue
-        score = (decided[in_domain] == targets[in_domain]).mean() + abstained_other
-        if score > best_score + 1e-9:
-            best_threshold, best_score = float(threshold), score
-    return 0.95 if other_target is not None else best_threshold
+    thresholds = [float(t) for t in np.linspace(0.0, 0.95, 96)]
+    decisions = [abstain_decisions(probabilities, n_labels, t) for t in thresholds]
+    abstained_other = [(d[~in_domain] == -1).mean() for d in decisions]
+    if other_target is not None:
+        reaching = [
+            t for t, rate in zip(thresholds, abstained_other, strict=True) if rate >= other_target - 1e-9
+        ]
+        return reaching[0] if reaching else thresholds[-1]
+    scores = [
+        (d[in_domain] == targets[in_domain]).mean() + rate
+        for d, rate in zip(decisions, abstained_other, strict=True)
+    ]
+    best = max(scores)  # the lowest threshold among equal scores (float noise included)
+    return next(t for t, score in zip(thresholds, scores, strict=True) if score >= best - 1e-9)
 
 
 # -- the probe -----------------------------------------------------------------------------
