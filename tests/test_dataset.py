@@ -24,7 +24,7 @@ def test_import_is_idempotent_and_records_everything(tmp_path):
     (source / "Bai people" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated nonsense")
     out = tmp_path / "dataset"
     first = import_images([source], out, show_progress=False)
-    assert first == {"imported": 13, "skipped": 0, "unreadable": 1}
+    assert first == {"imported": 13, "skipped": 0, "unreadable": 1, "refused": 0}
     second = import_images([source], out, show_progress=False)
     assert second["imported"] == 0 and second["skipped"] == 13
     lines = (out / MANIFEST_NAME).read_text().splitlines()

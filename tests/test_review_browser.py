@@ -3,6 +3,7 @@ headless Chromium; every click and key is checked against the files on disk."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -127,8 +128,16 @@ def test_review_page_keys_clicks_groups_and_undo(browser, dataset: Path, review:
     assert snapshot(dataset) == before
 
 
+def page_token(client: httpx.Client) -> str:
+    """The session token the review page carries (what the page's script sends back)."""
+    match = re.search(r'name="egr-review-token" content="([^"]+)"', client.get("/").text)
+    assert match, "the review page carries no session token"
+    return match.group(1)
+
+
 def test_review_api_refuses_bad_requests(dataset: Path, review: str) -> None:
     with httpx.Client(base_url=review, timeout=10) as client:
+        client.headers["X-Review-Token"] = page_token(client)
         response = client.get("/api/image", params={"path": "../../etc/passwd"})
         assert response.status_code == 404
         assert response.json()["error"]["status"] == 404
@@ -138,9 +147,37 @@ def test_review_api_refuses_bad_requests(dataset: Path, review: str) -> None:
         assert response.status_code == 422 and "needs a label" in response.json()["error"]["message"]
         response = client.post("/api/action", json={"action": "remove", "paths": ["Bai people/nope.jpg"]})
         assert response.status_code == 404
-        assert client.post("/api/undo").status_code == 409  # nothing to undo yet
+        assert client.post("/api/undo", json={}).status_code == 409  # nothing to undo yet
         response = client.get("/api/image", params={"path": "Bai people/corrupt.jpg"})
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+
+
+def test_relabel_offers_only_the_dataset_labels_and_chooses_none(browser, dataset: Path, review: str) -> None:
+    """Issue 14: no shipped label is offered, nothing is preselected, 'r' then Enter moves nothing."""
+    before = snapshot(dataset)
+    page = browser.new_page()
+    try:
+        page.goto(review)
+        page.wait_for_selector(".card select.relabel-to", timeout=TIMEOUT_MS)
+        current = page.locator(".card.current")
+        select = current.locator("select.relabel-to")
+        own = current.evaluate("card => card.closest('section').dataset.label")
+        options = select.locator("option").evaluate_all("os => os.map(o => [o.value, o.disabled])")
+        assert options[0] == ["", True], "the first entry is a prompt, not a label"
+        offered = [value for value, _ in options[1:]]
+        assert offered == [x for x in ["Bai people", "Hani people", "Kazakhs", "other"] if x != own]
+        assert select.evaluate("s => s.value") == ""
+        page.keyboard.press("r")
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            "() => document.getElementById('message').textContent.includes('choose a label')",
+            timeout=TIMEOUT_MS,
+        )
+        assert left(page) == len(clean.load_queue(dataset))
+    finally:
+        page.close()
+    assert snapshot(dataset) == before
+    assert not (dataset / "Akha people").exists()
 
 
 def test_review_needs_a_queue(tmp_path: Path) -> None:

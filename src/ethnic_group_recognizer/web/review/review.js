@@ -2,12 +2,16 @@
 // The review page: renders /api/queue, sends one request per decision, re-renders from the reply.
 const state = { data: null, current: null, busy: false };
 const $ = (selector, root = document) => root.querySelector(selector);
+// The session token the server put in this page; every state-changing request must carry it.
+const TOKEN = (document.querySelector('meta[name="egr-review-token"]') || {}).content || "";
 
 function message(text) { $("#message").textContent = text || ""; }
 
 async function call(url, body) {
   const response = await fetch(url, body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-Review-Token": TOKEN },
+    body: JSON.stringify(body),
   });
   const payload = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error((payload.error && payload.error.message) || `HTTP ${response.status}`);
@@ -69,13 +73,17 @@ function card(item, labels) {
     const select = document.createElement("select");
     select.className = "relabel-to";
     select.setAttribute("aria-label", "new label");
+    // No label is chosen for the reviewer: the first entry only asks for one.
+    const placeholder = new Option("relabel to…", "");
+    placeholder.disabled = true;
+    select.append(placeholder);
     for (const label of labels) {
       if (label === item.label) continue;
       const option = document.createElement("option");
       option.value = option.textContent = label;
       select.append(option);
     }
-    if (item.suggestion && item.suggestion.startsWith("relabel:")) select.value = item.suggestion.slice(8);
+    select.value = "";
     select.addEventListener("keydown", (event) => {
       if (event.key === "Enter") { event.preventDefault(); event.stopPropagation(); act(el, "relabel", select.value); }
       if (event.key === "Escape") { event.stopPropagation(); el.focus(); }
@@ -152,7 +160,10 @@ async function act(el, action, label) {
   const item = itemOf(el);
   if (!item || item.status !== "pending") return;
   const body = { action, paths: [item.path] };
-  if (action === "relabel") body.label = label;
+  if (action === "relabel") {
+    if (!label) { message("choose a label to relabel to first"); return; }
+    body.label = label;
+  }
   if (action === "keep_one") {
     body.remove_paths = item.group.filter((m) => m.status === "pending").map((m) => m.path);
     if (!body.remove_paths.length) return;
