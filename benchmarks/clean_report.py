@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from _common import SHARED
@@ -75,12 +76,21 @@ KNOWN = {
 
 
 def link_dataset(root: Path, records: list[Record], source: Dataset) -> Path:
-    """A dataset folder of symlinks to ``records`` (labels as they are)."""
+    """A dataset folder of symlinks to ``records`` (labels as they are).
+
+    Each record notes where its link points (``extra.link``, as ``egr data import --link`` does):
+    refresh follows only such links out of a dataset, and would mark any other one unreadable.
+    """
     shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    linked = Dataset(root)
     for record in records:
         target = root / record.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.realpath(source.abspath(record)), target)
+        real = os.path.realpath(source.abspath(record))
+        os.symlink(real, target)
+        linked.records[record.path] = replace(record, extra=dict(record.extra, link=real))
+    linked.save()
     Dataset.open(root).refresh(show_progress=False)
     return root
 
@@ -123,9 +133,10 @@ def main() -> None:
     hits = [f.path for f in not_photo if f.path in pictures]
     results = {
         "images": len(records),
-        "safe_fixes": {c: report_raw.counts[c] for c in ("unreadable", "exact_duplicate")},
+        "safe_fixes": {c: report_raw.counts[c] for c in clean.CHECKS if c in clean.SAFE_CHECKS},
         "after_auto": len(after_auto),
         "queue_counts": report.counts,
+        "skipped": report.skipped,  # checks that did not (fully) run, and why (from the registry)
         "to_review": len(queue),
         "known_problem_ranks": known,
         "not_photo": {
@@ -137,21 +148,17 @@ def main() -> None:
             "queued_only_because_of_it": sum(set(f.checks) == {"not_photo"} for f in queue),
             # which piece of evidence flagged how many (an image may have several)
             "by_part": {
-                part: sum(part in f.reasons[list(f.checks).index("not_photo")] for f in not_photo)
+                part: sum(part in f.reason_for("not_photo") for f in not_photo)
                 for part in ("perforated edge", "flat-colour graphic", "the backbone sees a drawing")
             },
             "known_by_part": {
-                part: sum(
-                    part in f.reasons[list(f.checks).index("not_photo")]
-                    for f in not_photo
-                    if f.path in pictures
-                )
+                part: sum(part in f.reason_for("not_photo") for f in not_photo if f.path in pictures)
                 for part in ("perforated edge", "flat-colour graphic", "the backbone sees a drawing")
             },
             "known_in_queue": sum(p in flagged for p in pictures),
             # rank, path and reason of what else it flags: to be looked at (unknown drawings, or photos)
             "others": [
-                f"{rank[f.path]} {f.path}: {f.reasons[list(f.checks).index('not_photo')]}"
+                f"{rank[f.path]} {f.path}: {f.reason_for('not_photo')}"
                 for f in not_photo
                 if f.path not in pictures
             ],

@@ -286,7 +286,16 @@ def test_cli_jsonl_queue_auto_and_undo(planted: Path) -> None:
     result = runner.invoke(app, ["clean", str(planted), "--jsonl", "--no-embeddings"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert rows and all(set(row) == {"path", "label", "reasons", "score"} for row in rows)
+    # Structured rows (architecture issue): each check's own reason and score, and what to do.
+    assert rows and all(
+        set(row) == {"path", "label", "score", "action", "checks", "suggestion"} for row in rows
+    )
+    assert all(row["checks"] and {"check", "reason", "score"} <= set(row["checks"][0]) for row in rows)
+    by_path = {row["path"]: row for row in rows}
+    assert by_path["Bai people/copy.jpg"]["action"] == "auto"
+    assert by_path["Kazakhs/tiny.jpg"]["action"] == "review"
+    assert [c["check"] for c in by_path["Bai people/corrupt.jpg"]["checks"]] == ["unreadable"]
+    assert "truncated" in by_path["Bai people/corrupt.jpg"]["checks"][0]["reason"]
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
     assert {r["path"] for r in rows} >= {"Bai people/copy.jpg", "Bai people/corrupt.jpg", "Kazakhs/tiny.jpg"}
     assert (planted / ".clean/queue.jsonl").is_file()

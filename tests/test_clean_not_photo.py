@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from ethnic_group_recognizer import clean
+from ethnic_group_recognizer.clean.checks import not_photo as not_photo_check
 from ethnic_group_recognizer.config import Config
 
 
@@ -217,7 +218,7 @@ def test_without_the_backbone_classifier_only_the_pixel_tests_run(tmp_path: Path
     def missing(backbone, config):
         raise ImportError("No module named 'torch'")
 
-    monkeypatch.setattr(clean, "_imagenet_head", missing)
+    monkeypatch.setattr(not_photo_check, "_imagenet_head", missing)
     root = _dataset(tmp_path / "dataset")
     report = clean.find_issues(root, embedder=FakeEmbedder(np.ones(1280, np.float32)), show_progress=False)
     assert "only the pixel tests ran" in report.skipped["not_photo"]
