@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/scale.py [--sizes 1000 10000] [--cpus 2] [--workdir /tmp/egr-scale]
 
 Prints, for each size: wall seconds and images/s of ``predict_paths`` (the plain batched local
-engine) and of ``predict_to_parquet(engine="ray")`` (actor pool, Parquet written); the fixed and
+engine) and of ``batch.jobs.predict_to_parquet`` (Ray actor pool, Parquet written); the fixed and
 per-image cost of each engine fitted over the sizes (so the Ray overhead per image); and the stage
 costs that bound a node's throughput: decode per image (at the benchmark's size and at a 12 MP
 archive scan), model per image (TTA, 1 and 2 threads), and the driver's cost per result row.
@@ -82,14 +82,14 @@ def driver_row_cost(workdir: Path, rows: int = 20_000, block: int = 32) -> dict[
     """Microseconds the driver spends per result row, no model involved: prediction rows (Parquet
     part + JSONL line) and embedding rows (Parquet part, two 1280-float vectors), arriving in
     blocks of ``block`` rows as Ray Data hands them over."""
-    from ethnic_group_recognizer.distributed import (
+    from ethnic_group_recognizer.batch.parquet import (
         EMBED_ROWS_PER_PART,
         PREDICT_ROWS_PER_PART,
-        _PartWriter,
-        _table,
-        _write_stream,
+        PartWriter,
         embed_schema,
         predict_schema,
+        to_table,
+        write_stream,
     )
 
     folder = workdir / "driver-rows"
@@ -103,18 +103,18 @@ def driver_row_cost(workdir: Path, rows: int = 20_000, block: int = 32) -> dict[
         "scores": scores,
         "error": None,
     }
-    table = _table([row] * block, predict_schema())
+    table = to_table([row] * block, predict_schema())
     start = time.perf_counter()
     with open(folder / "_results.jsonl", "w", encoding="utf-8") as sink:
-        writer = _PartWriter(folder, predict_schema(), PREDICT_ROWS_PER_PART)
-        _write_stream((table for _ in range(rows // block)), writer, "", 0, False, sink)
+        writer = PartWriter(folder, predict_schema(), PREDICT_ROWS_PER_PART)
+        write_stream((table for _ in range(rows // block)), writer, "", 0, False, sink)
     predict_us = (time.perf_counter() - start) / (rows // block * block) * 1e6
     vector = np.random.default_rng(0).random(1280, dtype=np.float32)
     embedding = {"path": row["path"], "sha256": "0" * 64, "embedding": vector, "embedding_mirror": vector}
-    table = _table([{**embedding, "error": None}] * block, embed_schema("lite0"))
+    table = to_table([{**embedding, "error": None}] * block, embed_schema("lite0"))
     start = time.perf_counter()
-    writer = _PartWriter(folder, embed_schema("lite0"), EMBED_ROWS_PER_PART)
-    _write_stream((table for _ in range(rows // block)), writer, "", 0, False)
+    writer = PartWriter(folder, embed_schema("lite0"), EMBED_ROWS_PER_PART)
+    write_stream((table for _ in range(rows // block)), writer, "", 0, False)
     embed_us = (time.perf_counter() - start) / (rows // block * block) * 1e6
     return {"predict_row_us": predict_us, "embed_row_us": embed_us}
 
@@ -128,11 +128,11 @@ def run_local(paths: list[Path], batch_size: int) -> float:
 
 
 def run_ray(paths: list[Path], batch_size: int, out: Path) -> float:
-    from ethnic_group_recognizer.distributed import predict_to_parquet
+    from ethnic_group_recognizer.batch.jobs import predict_to_parquet
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    summary = predict_to_parquet(paths, out, engine="ray", batch_size=batch_size, show_progress=False)
+    summary = predict_to_parquet(paths, out, batch_size=batch_size, show_progress=False)
     assert summary.processed == len(paths) and summary.errors == 0, summary
     return time.perf_counter() - start
 
@@ -142,23 +142,23 @@ class _NoModel:
     a run is Ray Data's own cost (blocks, actor calls, result transfer) plus the driver writing rows."""
 
     def __call__(self, batch):
-        from ethnic_group_recognizer.distributed import _table, predict_schema
+        from ethnic_group_recognizer.batch.parquet import predict_schema, to_table
 
         paths = batch.column("path").to_pylist()
         rows = [{"path": p, "label": None, "confidence": 0.5, "scores": "{}", "error": None} for p in paths]
-        return _table(rows, predict_schema())
+        return to_table(rows, predict_schema())
 
 
 def ray_overhead(batch_size: int, out: Path, sizes: tuple[int, int] = (2000, 20000)) -> tuple[float, float]:
     """Fixed seconds and milliseconds per image that the Ray pipeline adds, with no decode and no
     model (the inputs are names only): fitted over two sizes, as each run starts its own actor pool."""
-    from ethnic_group_recognizer.distributed import (
+    from ethnic_group_recognizer.batch.parquet import (
         PREDICT_ROWS_PER_PART,
-        _PartWriter,
-        _ray_tables,
-        _write_stream,
+        PartWriter,
         predict_schema,
+        write_stream,
     )
+    from ethnic_group_recognizer.batch.ray import ray_tables
 
     seconds = []
     for size in sizes:
@@ -166,8 +166,8 @@ def ray_overhead(batch_size: int, out: Path, sizes: tuple[int, int] = (2000, 200
         out.mkdir(parents=True)
         entries = [f"/archive/box-{i // 1000}/{i:07d}.jpg" for i in range(size)]
         start = time.perf_counter()
-        writer = _PartWriter(out, predict_schema(), PREDICT_ROWS_PER_PART)
-        _write_stream(_ray_tables(entries, _NoModel, (), batch_size, None, 1.0), writer, "", 0, False)
+        writer = PartWriter(out, predict_schema(), PREDICT_ROWS_PER_PART)
+        write_stream(ray_tables(entries, _NoModel, (), batch_size, None, 1.0), writer, "", 0, False)
         seconds.append(time.perf_counter() - start)
     return fit(list(sizes), seconds)
 
@@ -192,7 +192,7 @@ def main() -> None:
     try:
         import ray
     except ImportError:
-        sys.exit("needs the ray extra: pip install 'ethnic-group-recognizer[ray]'")
+        sys.exit("needs the ray extra: pip install '.[ray]' in a clone of the repository")
 
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (noisy when > cores)")
     paths = generate(args.workdir / "photos", max(args.sizes))

@@ -1,4 +1,5 @@
-"""Ray Data batch prediction and embedding, run on a real local Ray (2 CPUs) over generated images."""
+"""Batch jobs (ethnic_group_recognizer.batch): Ray Data prediction and embedding on a real local Ray
+(2 CPUs) over generated images, and the engine, input and URL checks that need no Ray."""
 
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ from conftest import pattern_image
 from PIL import Image
 from typer.testing import CliRunner
 
+from ethnic_group_recognizer.batch.inputs import Reader, expand_inputs
 from ethnic_group_recognizer.cli import app
 from ethnic_group_recognizer.config import Config
-from ethnic_group_recognizer.images import load_image, sha256_file
+from ethnic_group_recognizer.images import ImageError, load_image, sha256_file
 from ethnic_group_recognizer.model import Recognizer
-from ethnic_group_recognizer.predict import expand_inputs, predict_paths
+from ethnic_group_recognizer.predict import predict_paths
 
 # Ray Data's own DataContext set-up warns about its deprecated settings; nothing of ours.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
-RAY_MISSING = "needs the ray extra: pip install 'ethnic-group-recognizer[ray]'"
+RAY_MISSING = "needs the ray extra: pip install '.[ray]'"
 BAD_FILES = {"broken.jpg", "tiny.png", "not-really.png"}
 
 
@@ -70,13 +72,13 @@ def _serve(folder: Path):
 
 @pytest.mark.slow
 def test_ray_predictions_equal_the_local_engine_and_bad_files_are_rows(local_ray, photos, tmp_path):
-    from ethnic_group_recognizer.distributed import predict_to_parquet
+    from ethnic_group_recognizer.batch.jobs import predict_to_parquet
 
     local = {
         r["path"]: r for r in predict_paths(Recognizer.load(), expand_inputs([photos]), show_progress=False)
     }
     out = tmp_path / "results"
-    summary = predict_to_parquet([photos], out, engine="ray", batch_size=4, jsonl=True, show_progress=False)
+    summary = predict_to_parquet([photos], out, batch_size=4, jsonl=True, show_progress=False)
 
     assert (summary.inputs, summary.processed, summary.errors) == (13, 13, 3)
     rows = _rows(out)
@@ -141,11 +143,8 @@ def test_resume_skips_done_inputs_and_reads_lists_with_urls(local_ray, photos, t
 @pytest.mark.slow
 def test_embeddings_on_ray_seed_the_cache_so_training_reads_no_pixels(local_ray, photos, tmp_path):
     from ethnic_group_recognizer.backbone import Embedder, backbone_onnx
-    from ethnic_group_recognizer.distributed import (
-        embed_to_parquet,
-        load_embedding_file,
-        seed_embedding_cache,
-    )
+    from ethnic_group_recognizer.batch.embeddings import load_embedding_file, seed_embedding_cache
+    from ethnic_group_recognizer.batch.jobs import embed_to_parquet
 
     on_ray = embed_to_parquet([photos], tmp_path / "ray.parquet", engine="ray", show_progress=False)
     here = embed_to_parquet([photos], tmp_path / "local.parquet", engine="local", show_progress=False)
@@ -185,5 +184,122 @@ def test_ray_engine_says_what_is_missing(photos, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as on an install without the extra
     no_ray = runner.invoke(app, ["predict", str(photos), "--engine", "ray", "--out", str(tmp_path / "r")])
     assert no_ray.exit_code == 2
-    assert "pip install 'ethnic-group-recognizer[ray]'" in " ".join(no_ray.output.split())
+    assert "pip install '.[ray]'" in " ".join(no_ray.output.split())
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_ray_actors_receive_the_callers_config_and_threshold(local_ray, photos, tmp_path):
+    """Actors use the caller's Config as given, not a rebuilt default: a stricter ``min_side``
+    refuses the 160 px photos on the actors too, and ``threshold`` makes them abstain."""
+    from ethnic_group_recognizer.batch.jobs import embed_to_parquet, predict_to_parquet
+
+    strict = Config(min_side=200)  # only nested/big.jpg (300 px) is large enough
+    small = str(photos / "stripes_0.jpg")
+    big = str(photos / "nested" / "big.jpg")
+    out = tmp_path / "predicted"
+    summary = predict_to_parquet([photos], out, config=strict, threshold=1.0, show_progress=False)
+    assert (summary.processed, summary.errors) == (13, 12)
+    rows = _rows(out)
+    assert rows[small]["error"] == "image too small: 160x160 (need 200 px a side)"
+    assert rows[big]["error"] is None and rows[big]["label"] is None  # abstained: threshold 1.0
+    assert json.loads((out / "_egr.json").read_text())["threshold"] == 1.0
+
+    embedded = embed_to_parquet([photos], tmp_path / "emb", config=strict, show_progress=False)
+    assert embedded.errors == 12
+    rows = _rows(tmp_path / "emb")
+    assert rows[small]["error"] == "image too small: 160x160 (need 200 px a side)"
+    assert rows[big]["error"] is None and len(rows[big]["embedding"]) == 1280
+
+
+@pytest.mark.slow
+def test_embed_and_embed_import_commands(photos, tmp_path, monkeypatch):
+    """``egr embed`` (local engine) then ``egr embed-import`` into an empty cache of this machine."""
+    from ethnic_group_recognizer.backbone import backbone_onnx
+
+    pytest.importorskip("pyarrow", reason=RAY_MISSING)
+    runner = CliRunner()
+    out = tmp_path / "EMB.parquet"
+    result = runner.invoke(app, ["embed", str(photos), "--out", str(out), "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "embedded 13 of 13 inputs (3 error rows)" in " ".join(result.output.split())
+    # A machine that trains has the backbone exported: copy it, so the test exports nothing.
+    exported = backbone_onnx("lite0")
+    cache = tmp_path / "cache"
+    (cache / "backbones").mkdir(parents=True)
+    (cache / "backbones" / exported.name).write_bytes(exported.read_bytes())
+    monkeypatch.setenv("EGR_CACHE_DIR", str(cache))
+    imported = runner.invoke(app, ["embed-import", str(out)])
+    assert imported.exit_code == 0, imported.output
+    assert "cached 10 embeddings and 10 mirrored" in imported.output
+    names = sorted(p.name for p in (cache / "embeddings").iterdir())
+    assert [name.rsplit("-", 2)[1:] for name in names] == [["squish", "mirror.npz"], ["squish", "plain.npz"]]
+
+
+def test_engine_is_checked_in_one_place(photos, tmp_path):
+    from ethnic_group_recognizer.batch.engine import ENGINES, parse_engine
+
+    assert ENGINES == ("local", "ray") and parse_engine("ray") == "ray"
+    with pytest.raises(ValueError, match="unknown engine 'spark': use 'local' or 'ray'"):
+        parse_engine("spark")
+    runner = CliRunner()
+    for command in (["predict", str(photos)], ["embed", str(photos), "--out", str(tmp_path / "e")]):
+        result = runner.invoke(app, [*command, "--engine", "spark"])
+        assert result.exit_code == 2 and "unknown engine 'spark'" in result.output, result.output
+    assert not (tmp_path / "e").exists()
+    with_csv = runner.invoke(
+        app, ["predict", str(photos), "--engine", "ray", "--out", str(tmp_path / "r"), "--csv", "x.csv"]
+    )
+    assert with_csv.exit_code == 2 and "--csv is for the local engine" in with_csv.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_url_inputs_use_the_capped_reader_shared_with_collect(photos, tmp_path):
+    """The batch Reader and collect's Downloader refuse the same bodies with the same words."""
+    from ethnic_group_recognizer.collect import Downloader
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "big.jpg").write_bytes((photos / "nested" / "big.jpg").read_bytes())
+    (served / "empty.jpg").write_bytes(b"")
+    server = _serve(served)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    size = (served / "big.jpg").stat().st_size
+    reader = Reader(max_bytes=1000)
+    try:
+        with Downloader(max_bytes=1000, retries=0, per_host_per_second=0) as downloader:
+            for name, words in (
+                ("big.jpg", f"too large: {size:,} bytes (limit 1,000)"),
+                ("empty.jpg", "empty response"),
+            ):
+                assert downloader.fetch(f"{base}/{name}").error == words
+                with pytest.raises(ImageError) as refused:
+                    reader.read(f"{base}/{name}", Config())
+                assert str(refused.value) == f"cannot fetch URL: {words}"
+        with pytest.raises(ImageError, match="cannot fetch URL: HTTP 404"):
+            reader.read(f"{base}/missing.jpg", Config())
+        image, digest = Reader().read(f"{base}/big.jpg", Config(), want_hash=True)
+        assert image.size == (300, 300) and digest == sha256_file(served / "big.jpg")
+    finally:
+        reader.close()
+        server.shutdown()
+
+
+def test_expand_inputs_and_sources_see_the_same_paths(photos, tmp_path):
+    from ethnic_group_recognizer.batch.inputs import expand_sources
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("# a comment\n\nhttp://127.0.0.1:9/a.jpg\n" + f"{photos / 'tiny.png'}\n")
+    paths = [str(p) for p in expand_inputs([photos])]
+    assert len(paths) == 13 and paths == sorted(paths)
+    assert expand_sources([photos, listing, photos / "tiny.png"]) == [*paths, "http://127.0.0.1:9/a.jpg"]
+    assert expand_sources([str(photos / "*.jpg")]) == [str(p) for p in sorted(photos.glob("*.jpg"))]
+
+
+def test_progress_counts_rows_not_tables(capsys):
+    from ethnic_group_recognizer.progress import progress
+
+    tables = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    assert list(progress(tables, "Rows", total=9, weight=len)) == tables
+    err = capsys.readouterr().err
+    assert "Rows" in err and "9/9" in err

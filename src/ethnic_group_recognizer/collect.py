@@ -31,6 +31,8 @@ import httpx
 
 from ethnic_group_recognizer.config import LABELS, Config
 from ethnic_group_recognizer.dataset import STATUS_OK, Dataset, append_jsonl, describe_file, read_jsonl
+from ethnic_group_recognizer.http_fetch import Refused as _Refused
+from ethnic_group_recognizer.http_fetch import read_capped
 from ethnic_group_recognizer.images import (
     ImageError,
     is_image_path,
@@ -251,22 +253,6 @@ class HostRateLimiter:
             time.sleep(slot - now)
 
 
-class _Refused(Exception):
-    """A response we will not use; ``transient`` when asking again later may help."""
-
-    def __init__(
-        self,
-        message: str,
-        transient: bool = False,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ):
-        super().__init__(message)
-        self.transient = transient
-        self.status = status
-        self.retry_after = retry_after
-
-
 class Downloader:
     """Fetch URLs with timeouts, retries and backoff, a per-host rate limit and a size cap."""
 
@@ -358,23 +344,9 @@ class Downloader:
                     response.status_code,
                     float(retry_after) if retry_after.isdigit() else None,
                 )
-            declared = _as_int(response.headers.get("content-length"))
-            if declared and declared > self.max_bytes:
-                raise _Refused(f"too large: {declared:,} bytes (limit {self.max_bytes:,})")
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise _Refused(f"too large: over {self.max_bytes:,} bytes")
-                if time.monotonic() - started > self.total_timeout:
-                    raise _Refused(f"too slow: not complete after {self.total_timeout:g} s", transient=True)
-                chunks.append(chunk)
-        data = b"".join(chunks)
-        if not data:
-            raise _Refused("empty response")
-        if declared and len(data) < declared:
-            raise _Refused(f"truncated: {len(data):,} of {declared:,} bytes", transient=True)
-        result.data = data
+            result.data = read_capped(
+                response, self.max_bytes, started=started, total_timeout=self.total_timeout
+            )
 
     def _read_file(self, url: str, result: Fetched) -> Fetched:
         path = Path(unquote(urlsplit(url).path))

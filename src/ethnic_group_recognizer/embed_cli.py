@@ -1,19 +1,59 @@
-"""``egr embed`` and ``egr embed-import``: backbone embeddings as Parquet, computed here or on Ray.
+"""The command-line side of batch jobs: ``egr embed``, ``egr embed-import`` and ``egr predict --engine ray``.
 
 Why: at archive scale the embeddings (the slow part of ``egr train`` and ``egr clean``) are
 computed once on a cluster; ``egr embed-import`` then seeds this machine's embedding cache from
-that file, so training and cleaning read no pixels for those images.
+that file, so training and cleaning read no pixels for those images. The work itself lives in
+:mod:`ethnic_group_recognizer.batch`; this module parses, calls, reports and picks the exit code.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ethnic_group_recognizer.console import fail as _fail
-from ethnic_group_recognizer.console import stderr
+from ethnic_group_recognizer.console import fail, stderr
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ethnic_group_recognizer.batch.jobs import RunSummary
+
+#: What a batch job may raise for a bad argument, a bad input folder or a missing extra.
+#: (MissingExtraError is a RuntimeError, as is a backbone that needs the train extra to export.)
+JOB_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, RuntimeError, ConnectionError)
+
+
+def finish_batch_command(summary: RunSummary, verb: str) -> None:
+    """A batch command's last step: the summary line, then exit 2 for no inputs, 1 for nothing readable."""
+    stderr.print(summary.describe(verb), markup=False, highlight=False, soft_wrap=True)
+    if summary.inputs == 0:
+        fail("no images found in the given paths")
+    if summary.processed and summary.usable == 0:
+        fail("no input image could be read", code=1)
+
+
+def run_ray_predict(
+    paths: list[str],
+    *,
+    model: Path | None,
+    address: str | None,
+    out: Path | None,
+    jsonl: bool,
+    batch_size: int,
+    threshold: float | None,
+) -> None:
+    """``egr predict SOURCE... --engine ray --out DIR``: Parquet parts in DIR, JSONL in DIR on request."""
+    from ethnic_group_recognizer.batch.jobs import predict_to_parquet
+
+    if out is None:
+        fail("--engine ray writes a Parquet results folder: give it with --out DIR")
+    try:
+        summary = predict_to_parquet(
+            paths, out, model, address=address, batch_size=batch_size, jsonl=jsonl, threshold=threshold
+        )
+    except JOB_ERRORS as error:
+        fail(str(error))
+    finish_batch_command(summary, "predicted")
 
 
 def register(app: typer.Typer) -> None:
@@ -41,23 +81,22 @@ def register(app: typer.Typer) -> None:
         ] = True,
     ) -> None:
         """Embed images with the frozen backbone into Parquet: path, sha256, embedding(s), error."""
-        from ethnic_group_recognizer.distributed import MissingExtraError, embed_to_parquet, finish_command
+        from ethnic_group_recognizer.batch.engine import parse_engine
+        from ethnic_group_recognizer.batch.jobs import embed_to_parquet
 
-        if engine not in ("local", "ray"):
-            _fail(f"unknown engine {engine!r}: use 'local' or 'ray'")
         try:
             summary = embed_to_parquet(
                 sources,
                 out,
                 backbone,
-                engine=engine,
+                engine=parse_engine(engine),
                 address=address,
                 batch_size=batch_size,
                 mirror=mirror,
             )
-        except (MissingExtraError, FileNotFoundError, ValueError, RuntimeError) as error:
-            _fail(str(error))
-        finish_command(summary, "embedded")
+        except JOB_ERRORS as error:
+            fail(str(error))
+        finish_batch_command(summary, "embedded")
 
     @app.command("embed-import")
     def embed_import(
@@ -67,11 +106,16 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Seed this machine's embedding cache, so that train and clean read no pixels for these images."""
-        from ethnic_group_recognizer.distributed import MissingExtraError, seed_embedding_cache
+        from ethnic_group_recognizer.batch.embeddings import seed_embedding_cache
 
         for path in files:
             try:
                 counts = seed_embedding_cache(path, backbone)
-            except (MissingExtraError, FileNotFoundError, ValueError) as error:
-                _fail(str(error))
-            stderr.print(f"{path}: cached {counts['plain']} embeddings and {counts['mirror']} mirrored")
+            except JOB_ERRORS as error:
+                fail(str(error))
+            stderr.print(
+                f"{path}: cached {counts['plain']} embeddings and {counts['mirror']} mirrored",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )

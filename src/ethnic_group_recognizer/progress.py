@@ -1,8 +1,8 @@
-"""Progress bars on stderr (rich), quiet when not attached to a terminal-like consumer."""
+"""The one progress bar of the package: rich, on stderr, so stdout stays clean for --jsonl."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
@@ -13,11 +13,17 @@ _stderr = Console(stderr=True)
 
 
 def progress(
-    items: Iterable[T], description: str, disable: bool = False, total: int | None = None
+    items: Iterable[T],
+    description: str,
+    disable: bool = False,
+    total: int | None = None,
+    weight: Callable[[T], int] | None = None,
 ) -> Iterator[T]:
-    """Yield ``items`` while drawing a progress bar on stderr (stdout stays clean for --jsonl).
+    """Yield ``items`` while drawing a progress bar on stderr.
 
-    Silent when there is nothing to do (``total`` is 0): no empty "0/0" bar.
+    ``weight`` says how many units one item stands for (the rows of a result table, say), so the
+    bar counts what a person cares about rather than how the work happened to be chunked; without
+    it every item is one. Silent when there is nothing to do (``total`` is 0): no empty "0/0" bar.
     """
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
@@ -29,4 +35,4 @@ def progress(
         task = bar.add_task(description, total=total)
         for item in items:
             yield item
-            bar.advance(task)
+            bar.advance(task, 1 if weight is None else weight(item))
