@@ -9,15 +9,10 @@ import pytest
 from conftest import make_dataset, pattern_image
 
 from ethnic_group_recognizer import Recognizer
+from ethnic_group_recognizer.calibrate import abstain_decisions, choose_threshold, fit_temperature, softmax
 from ethnic_group_recognizer.config import Config
-from ethnic_group_recognizer.train import (
-    TrainOptions,
-    abstain_decisions,
-    choose_threshold,
-    fit_temperature,
-    softmax,
-    train,
-)
+from ethnic_group_recognizer.probe import NO_ABSTAIN_BIAS, fit_probe_head, head_logits, unit
+from ethnic_group_recognizer.train import TrainOptions, train
 
 
 def test_probe_model_learns_and_records_its_data(trained_model):
@@ -80,11 +75,28 @@ def test_threshold_with_a_target_abstains_on_that_share_of_other_photos():
     assert choose_threshold(probs, targets, n_labels=3, other_target=0.6) < threshold
 
 
+def test_probe_head_separates_classes_and_never_chooses_an_absent_one():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 3
+    targets = np.repeat(np.arange(3), 20)
+    features = centres[targets] + rng.normal(size=(60, 16))
+    weights, bias = fit_probe_head(features, targets, 4, regularization=1.0, prototype_weight=0.3, seed=0)
+    assert weights.shape == (4, 16) and bias[3] == NO_ABSTAIN_BIAS  # output 3 had no images
+    logits = head_logits(features, weights, bias)
+    assert (logits.argmax(axis=1) == targets).mean() > 0.95
+    np.testing.assert_allclose(head_logits(features * 7, weights, bias), logits)  # scale-free: unit first
+    np.testing.assert_allclose(np.linalg.norm(unit(features), axis=1), 1.0)
+    assert not unit(np.zeros((1, 4))).any()  # a zero vector stays zero, no NaN
+
+
 @pytest.mark.slow
-def test_finetune_runs_and_exports_a_self_contained_model(tmp_path):
+def test_finetune_runs_and_exports_a_self_contained_model(tmp_path, capfd):
     dataset = make_dataset(tmp_path / "ds", per_class=6)
     options = TrainOptions(mode="finetune", epochs=1, head_epochs=1, name="ft-test")
     result = train(dataset, tmp_path / "model", options, Config(batch_size=8))
+    logged = capfd.readouterr()
+    assert logged.out == ""  # stdout stays free for the CLI's own output
+    assert "fine-tune epoch 1: train loss" in logged.err
     assert not (tmp_path / "model" / "backbone.onnx").exists()
     recognizer = Recognizer.load(result.out_dir)
     prediction = recognizer.predict(pattern_image("checker", 1))

@@ -8,16 +8,19 @@ re-training never decodes a picture twice. torch is needed only for the export (
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import os
+import random
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageEnhance, ImageOps
 
 from ethnic_group_recognizer.config import Config
 
@@ -95,10 +98,37 @@ def preprocess(image: Image.Image, size: int, mirror: bool = False) -> np.ndarra
     return ((array - 127.0) / 128.0).transpose(2, 0, 1)
 
 
+def augment(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Random resized crop (50–100 % area), flip and colour jitter, the fastai-style basics.
+
+    Pillow only, so the probe's augmented copies of small classes need no torch.
+    """
+    width, height = image.size
+    area = rng.uniform(0.5, 1.0) * width * height
+    ratio = rng.uniform(3 / 4, 4 / 3)
+    w = int(min(width, round((area * ratio) ** 0.5)))
+    h = int(min(height, round((area / ratio) ** 0.5)))
+    left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+    image = image.crop((left, top, left + w, top + h))
+    if rng.random() < 0.5:
+        image = ImageOps.mirror(image)
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        image = enhancer(image).enhance(rng.uniform(0.8, 1.2))
+    return image
+
+
 def onnx_session(path: str | Path, config: Config | None = None):
-    """An onnxruntime CPU session with a thread count fit for this machine."""
+    """An onnxruntime CPU session with a thread count fit for this machine, telemetry off.
+
+    The product promises to keep nothing, and recent onnxruntime releases on Linux write a
+    device id and an event store under ``~/.cache/Microsoft`` when it is imported.
+    ``ORT_DISABLE_TELEMETRY`` must be set before that first import; ``disable_telemetry_events``
+    also covers a host program that imported onnxruntime earlier.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime as ort
 
+    ort.disable_telemetry_events()
     config = config or Config()
     options = ort.SessionOptions()
     options.intra_op_num_threads = config.threads or (os.cpu_count() or 1)
@@ -123,7 +153,8 @@ def load_torch_backbone(backbone: str):
         ) from error
     spec = spec_for(backbone)
     weights_file = getattr(importlib.import_module(spec.weights_package), spec.weights_class)
-    return EfficientNet.from_pretrained(spec.name, weights_path=weights_file.get_model_file_path())
+    with contextlib.redirect_stdout(sys.stderr):  # it prints "Loaded pretrained weights"; stdout is the CLI's
+        return EfficientNet.from_pretrained(spec.name, weights_path=weights_file.get_model_file_path())
 
 
 def pool(feature_map, pooling: str = "gem"):

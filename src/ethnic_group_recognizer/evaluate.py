@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ethnic_group_recognizer.calibrate import abstain_decisions
 from ethnic_group_recognizer.config import ABSTAIN_LABEL, ABSTAIN_TEXT, Config
 from ethnic_group_recognizer.dataset import Dataset, Record
 from ethnic_group_recognizer.images import ImageError, load_image
-from ethnic_group_recognizer.model import LOW_DATA_IMAGES, METADATA_FILE, Recognizer
+from ethnic_group_recognizer.model import LOW_DATA_IMAGES, Recognizer
+from ethnic_group_recognizer.model_dir import CARD_FILE, ModelMetadata, read_split, write_model_dir
 from ethnic_group_recognizer.progress import progress
-from ethnic_group_recognizer.train import SPLIT_FILE, abstain_decisions
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -62,10 +63,7 @@ def select_records(model_dir: Path, dataset: Dataset, split: str) -> list[Record
     records = dataset.usable()
     if split == "all":
         return records
-    split_file = model_dir / SPLIT_FILE
-    if not split_file.exists():
-        raise FileNotFoundError(f"{split_file} not found: this model has no recorded split; use --split all")
-    wanted = set(json.loads(split_file.read_text())[split])
+    wanted = read_split(model_dir, split)
     return [r for r in records if r.sha256 in wanted]
 
 
@@ -270,14 +268,9 @@ def evaluate(
     card = model_card(recognizer, metrics)
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     if update_model:
-        metadata = dict(recognizer.metadata)
-        metadata["metrics"] = {
-            k: v for k, v in metrics.items() if k not in ("reliability_bins", "coverage_curve")
-        }
-        (model_dir / METADATA_FILE).write_text(
-            json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        (model_dir / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+        stored = {k: v for k, v in metrics.items() if k not in ("reliability_bins", "coverage_curve")}
+        write_model_dir(model_dir, recognizer.model_dir.metadata.with_metrics(stored))
+        (model_dir / CARD_FILE).write_text(card, encoding="utf-8")
     return metrics
 
 
@@ -329,17 +322,18 @@ def _sources_section() -> str:
     return "\n".join(table) + "\n\n" + note
 
 
-def _threshold_rule(meta: dict) -> str:
+def _threshold_rule(meta: ModelMetadata) -> str:
     """How the threshold was chosen, for the model card."""
-    target = meta.get("options", {}).get("abstain_target")
-    if target:
-        return f" (the lowest that abstains on {target:.0%} of the held-out photos of other cultures)"
+    calibration = meta.calibration
+    if calibration.policy == "other-target":
+        return f" (the lowest that abstains on {calibration.abstain_target:.0%} of the held-out photos of other cultures)"
     return " (balancing abstention on other cultures against in-domain accuracy)"
 
 
 def model_card(recognizer: Recognizer, metrics: dict) -> str:
     """The model card, generated from the evaluation so its figures can never drift from the report."""
-    meta = recognizer.metadata
+    meta = recognizer.model_dir.metadata
+    backbone = meta.backbone
     low, high = metrics["accuracy_ci95"]
     rows = []
     for label, m in metrics["per_class"].items():
@@ -367,12 +361,12 @@ and festival photos, suggesting tags for a human cataloguer to confirm, teaching
 - The product has no face detection, face cropping or facial-feature pipeline, and must not be given one.
 
 ## Model
-- Backbone: {meta.get("backbone")} (ImageNet-1k weights, Apache-2.0), input {meta["preprocessing"]["image_size"]} px,
-  scaled `{meta["preprocessing"]["scale"]}`, {meta.get("pooling", "mean")}-pooled features;
-  head: {meta.get("options", {}).get("mode", "probe")} (logistic regression on frozen embeddings
+- Backbone: {backbone.name} (ImageNet-1k weights, Apache-2.0), input {backbone.image_size} px,
+  scaled `{backbone.scale}`, {backbone.pooling}-pooled features;
+  head: {meta.head} (logistic regression on frozen embeddings
   blended with class prototypes in probe mode; fine-tuned from that probe in finetune mode).
-- Test-time augmentation (mirror): {"on" if meta.get("tta") else "off"}. Temperature {meta.get("temperature", 1):.2f},
-  abstain threshold {recognizer.threshold:.2f}{_threshold_rule(meta)}, calibrated on {meta.get("calibrated_on", "held-out data")}.
+- Test-time augmentation (mirror): {"on" if meta.tta else "off"}. Temperature {meta.calibration.temperature:.2f},
+  abstain threshold {recognizer.threshold:.2f}{_threshold_rule(meta)}, calibrated on {meta.calibration.calibrated_on}.
 
 ## Results on the held-out split ({metrics["images"]} photos, duplicates kept on one side)
 | metric | value |
