@@ -46,9 +46,17 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used: a load-independent cost per request."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time the server and its decoding workers have used: a load-independent
+    cost per request (the workers are the server's child processes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    total = 0.0
+    for process in [pid, *(int(p) for p in (children.read_text().split() if children.exists() else []))]:
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a worker replaced meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -164,6 +172,8 @@ def main() -> None:
         if mode not in ("batched", "unbatched"):
             sys.exit(f"unknown mode {mode!r}")
         extra.append("--batching" if mode == "batched" else "--no-batching")
+        # Every client may hold an upload at once: this measures throughput, not admission control.
+        extra += ["--max-uploads", str(max(8, args.concurrency))]
         port = free_port()
         server = start_server(port, extra)
         try:

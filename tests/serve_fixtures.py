@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,3 +129,88 @@ def live_server(
     server = LiveServer(create_app(settings, recognizer=recognizer)).start()
     yield server
     server.stop()
+
+
+# -- hostile payloads (tests/test_serve_hardening.py and benchmarks/abuse.py replay them) -------
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each segment of a JPEG; a scan runs to the next non-RST marker."""
+    position, segments = 2, []
+    while position < len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xD9:
+            segments.append((marker, position, position + 2))
+            break
+        end = position + 2 + struct.unpack(">H", data[position + 2 : position + 4])[0]
+        if marker == 0xDA:
+            while True:
+                end = data.index(b"\xff", end)
+                if data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                    end += 2
+                    continue
+                break
+        segments.append((marker, position, end))
+        position = end
+    return segments
+
+
+def scan_bomb(side: int = 7000, scans: int = 96) -> bytes:
+    """A progressive grey JPEG of ``side`` x ``side`` whose last scan (with its Huffman table) is
+    repeated until the file has ``scans`` scans: about 200 kB that cost ~0.1 s of CPU per scan at
+    7000 px (13 s for 96 scans, under the 100-scan limit), because every scan walks every block."""
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    segments = _jpeg_segments(data)
+    sos = [segment for segment in segments if segment[0] == 0xDA]
+    last = segments.index(sos[-1])
+    start = segments[last - 1][1] if segments[last - 1][0] == 0xC4 else sos[-1][1]
+    repeat = data[start : sos[-1][2]]
+    return data[: sos[-1][2]] + repeat * max(0, scans - len(sos)) + data[sos[-1][2] :]
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
+
+
+def zlib_bomb_png(chunk: bytes = b"zTXt", inflated: int = 64 * 1024 * 1024) -> bytes:
+    """A valid small PNG with a zTXt (or iCCP) chunk that inflates to ``inflated`` bytes."""
+    base = encode(photo(7, (64, 64)), "PNG")
+    compressed = zlib.compress(bytes(inflated), 9)
+    payload = (b"Comment" if chunk == b"zTXt" else b"icc") + b"\x00\x00" + compressed
+    return base[:33] + _png_chunk(chunk, payload) + base[33:]
+
+
+def bad_exif_jpeg() -> bytes:
+    """A normal JPEG whose EXIF block claims 65,535 entries and ends after two bytes of them."""
+    exif = b"Exif\x00\x00" + b"II*\x00\x08\x00\x00\x00" + b"\xff\xff" + b"\x12\x01\x03\x00"
+    return encode(photo(8), "JPEG", exif=exif)
+
+
+def sixteen_bit_png(side: int = 7990) -> bytes:
+    """A flat 16-bit grey PNG of ``side`` x ``side`` pixels: about 120 kB on the wire."""
+    return encode(Image.fromarray(np.zeros((side, side), np.uint16)), "PNG")
+
+
+def many_parts_body(parts: int = 170_000, boundary: str = "b") -> bytes:
+    """A multipart body of ``parts`` empty fields (and no image)."""
+    field = f'--{boundary}\r\nContent-Disposition: form-data; name="f"\r\n\r\n\r\n'.encode()
+    return field * parts + f"--{boundary}--\r\n".encode()
+
+
+def deep_json(depth: int = 100_000, key: str = "image") -> bytes:
+    return ('{"' + key + '": ' + "[" * depth + "]" * depth + "}").encode()
+
+
+def huge_int_json(digits: int = 5_000, key: str = "image") -> bytes:
+    return ('{"' + key + '": ' + "7" * digits + "}").encode()
+
+
+def padded_png(size: int) -> bytes:
+    """A real PNG padded after its end with zeros to exactly ``size`` bytes (decoders ignore the tail)."""
+    data = encode(photo(9), "PNG")
+    return data + bytes(size - len(data))

@@ -4,6 +4,9 @@
 Uploads are read into memory, decoded, classified and dropped: nothing is written to disk and no
 request body is logged (uvicorn's access log records paths only). Model calls run in a thread
 pool sized to the cores, through a micro-batcher when batching is on, so the event loop stays free.
+Decoding runs in killable worker processes with a deadline (``serve/decode_worker.py``); uploads
+held in memory, explanations and body-read time are bounded (``serve/limits.py``, docs/SERVING.md
+"Limits and hardening").
 """
 
 from __future__ import annotations
@@ -12,11 +15,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
@@ -29,15 +31,25 @@ from pydantic import BaseModel
 from ethnic_group_recognizer.config import ABSTAIN_TEXT, PACKAGE_DIR, Config
 from ethnic_group_recognizer.model import LOW_DATA_IMAGES, Prediction, Recognizer
 from ethnic_group_recognizer.serve.batching import MicroBatcher
+from ethnic_group_recognizer.serve.decode_worker import DecodePool, DecodeRefused
 from ethnic_group_recognizer.serve.errors import (
-    DEFAULT_MAX_UPLOAD_BYTES,
     APIError,
-    decode_image,
+    check_upload,
     error_body,
     install_error_handlers,
 )
 from ethnic_group_recognizer.serve.examples import scan_examples
-from ethnic_group_recognizer.serve.payload import image_bytes
+from ethnic_group_recognizer.serve.limits import BodyDeadlineMiddleware, Slots
+from ethnic_group_recognizer.serve.payload import extract_image, read_upload
+from ethnic_group_recognizer.serve.settings import (  # noqa: F401 - re-exported: callers import them from here
+    CORS_ENV,
+    MAX_UPLOAD_MB_CEILING,
+    MIB,
+    ServeSettings,
+    cors_origins_from_env,
+    parse_origins,
+    upload_bytes_from_mb,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,73 +57,20 @@ T = TypeVar("T")
 #: The static web app (plain HTML/CSS/JS, no build step), shipped as package data.
 WEB_DIR = PACKAGE_DIR / "web"
 API = "/api/v1"
-CORS_ENV = "EGR_CORS_ORIGINS"
 
 
-def parse_origins(text: str | None) -> list[str]:
-    """``"https://a.org, https://b.org"`` -> a list; ``*`` allows any origin."""
-    return [origin.strip().rstrip("/") for origin in (text or "").split(",") if origin.strip()]
+def _onnxruntime_without_telemetry() -> None:
+    """Stop onnxruntime's telemetry: the product promises to keep nothing about its users.
 
+    onnxruntime (recent releases, on Linux too) writes a device id and an event store under
+    ``~/.cache/Microsoft`` when it is first imported, unless ``ORT_DISABLE_TELEMETRY`` is set
+    then; ``disable_telemetry_events`` stops the events of an onnxruntime imported earlier.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
 
-def cors_origins_from_env() -> list[str]:
-    return parse_origins(os.environ.get(CORS_ENV))
-
-
-@dataclass
-class ServeSettings:
-    """Everything ``egr serve`` can be told; defaults are the ones ``make serve`` uses."""
-
-    model_dir: Path | None = None  # None: the model shipped inside the package
-    host: str = "127.0.0.1"
-    port: int = 8000
-    #: Origins allowed to call the API from a page on another host (``*``: any); also ``$EGR_CORS_ORIGINS``.
-    cors_origins: list[str] = field(default_factory=cors_origins_from_env)
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    examples_dir: Path | None = None
-    #: Off by default: on CPU a batch costs the same CPU per photo as single calls (measured in
-    #: benchmarks/load.py), so batching adds queueing latency without adding throughput.
-    batching: bool = False
-    max_batch_size: int = 8
-    batch_wait_ms: float = 5.0
-    #: Batches that may run at once (each uses onnxruntime's threads); more overlaps decoding with inference.
-    batch_concurrency: int = 2
-    #: Thread-pool size for decoding and model calls; 0 means one per core.
-    threads: int = 0
-    #: onnxruntime threads inside one model call. 1 with a pool of one thread per core gives the
-    #: most requests/s under load (no intra-op synchronisation); 0 = all cores, for one user at a time.
-    onnx_threads: int = 1
-    #: Occlusion grid of ``?explain=true`` (grid x grid + 1 forward passes).
-    explain_grid: int = 7
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be 0-65535, got {self.port}")
-        if self.max_upload_bytes < 1:
-            raise ValueError("max_upload_bytes must be positive")
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
-        if not 0 <= self.batch_wait_ms <= 1000:
-            raise ValueError("batch_wait_ms must be between 0 and 1000")
-        if self.batch_concurrency < 1:
-            raise ValueError("batch_concurrency must be at least 1")
-        if self.onnx_threads < 0:
-            raise ValueError("onnx_threads must be 0 (one per core) or more")
-        if self.threads < 0:
-            raise ValueError("threads must be 0 (one per core) or more")
-        self.cors_origins = list(self.cors_origins)
-        for origin in self.cors_origins:
-            if origin != "*" and not origin.startswith(("http://", "https://")):
-                raise ValueError(f"CORS origin must be '*' or start with http:// or https://, got {origin!r}")
-
-    @property
-    def worker_threads(self) -> int:
-        """Threads for the pool and for onnxruntime: the cores this process may run on (taskset/cgroups aware)."""
-        if self.threads:
-            return self.threads
-        try:
-            return len(os.sched_getaffinity(0)) or 1
-        except AttributeError:  # not on Linux
-            return os.cpu_count() or 1
+    with contextlib.suppress(AttributeError):
+        onnxruntime.disable_telemetry_events()
 
 
 # -- response shapes (for the OpenAPI docs; routes return plain dicts for speed) ---------------
@@ -163,9 +122,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorOut,
         "description": "Undecodable, truncated or too small image, or a decompression bomb",
     },
+    408: {"model": ErrorOut, "description": "The request body did not arrive in time"},
     413: {"model": ErrorOut, "description": "Upload larger than the configured limit"},
     415: {"model": ErrorOut, "description": "Not an image, or not a multipart/JSON body"},
-    422: {"model": ErrorOut, "description": "Malformed request"},
+    422: {"model": ErrorOut, "description": "Malformed request, or a multipart body with too many parts"},
+    429: {"model": ErrorOut, "description": "Every explanation slot is busy (see Retry-After)"},
+    503: {
+        "model": ErrorOut,
+        "description": "Too many uploads at once, or the image took too long to decode (see Retry-After)",
+    },
 }
 _PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -210,6 +175,49 @@ async def predict_image(app: FastAPI, image: Image.Image) -> Prediction:
     if batcher is not None:
         return recognizer.decide(await batcher.submit(image))
     return (await run_blocking(app, recognizer.predict_images, [image]))[0]
+
+
+async def decode_upload(app: FastAPI, data: bytes | bytearray) -> Image.Image:
+    """Uploaded bytes to an RGB image through the decoding workers, or the right :class:`APIError`.
+
+    413/400/415 as :func:`~ethnic_group_recognizer.serve.errors.check_upload`; 400 undecodable;
+    503 with ``Retry-After`` when decoding passed its deadline (the worker was killed) or every
+    decoder stayed busy.
+    """
+    settings: ServeSettings = app.state.settings
+    check_upload(data, settings.max_upload_bytes)
+    pool: DecodePool | None = getattr(app.state, "decoder", None)
+    if pool is None:
+        raise APIError(503, "the server is starting; try again shortly", headers={"Retry-After": "2"})
+    try:
+        width, height, pixels = await pool.decode(data)
+    except DecodeRefused as refusal:
+        if refusal.kind in ("image", "crashed"):
+            raise APIError(400, refusal.message) from None
+        retry = str(max(1, math.ceil(settings.decode_timeout_s)))
+        raise APIError(
+            503, refusal.message, headers={"Retry-After": retry}, code=f"decode_{refusal.kind}"
+        ) from None
+    return Image.frombytes("RGB", (width, height), pixels)
+
+
+#: Occluded copies per model call in an explanation. onnxruntime's memory arena keeps the peak
+#: of the largest batch it ever ran: 25 copies at 320 px kept about 300 MB more than 5 do, at
+#: the same speed (docs/SERVING.md, "Limits and hardening").
+EXPLAIN_BATCH = 5
+
+
+def explain_in_small_batches(recognizer: Recognizer, image: Image.Image, grid: int, label: str) -> Any:
+    """:func:`ethnic_group_recognizer.explain.explain`, with the occluded copies run 5 at a time."""
+    import time
+
+    from ethnic_group_recognizer.explain import Explanation, occlusion_heatmap
+
+    started = time.perf_counter()
+    heatmap, overlay = occlusion_heatmap(recognizer, image, grid, label, batch_size=EXPLAIN_BATCH)
+    index = recognizer.labels.index(label)
+    base = float(recognizer.run(recognizer.preprocess(image.convert("RGB"))[None])[0][0][index])
+    return Explanation(label, heatmap, overlay, base, (time.perf_counter() - started) * 1000)
 
 
 def prediction_payload(prediction: Prediction, recognizer: Recognizer) -> dict:
@@ -291,6 +299,7 @@ def model_card_text(recognizer: Recognizer) -> str:
 def create_app(settings: ServeSettings | None = None, recognizer: Recognizer | None = None) -> FastAPI:
     """Build the server: load the model, set up the thread pool and batcher, register every route."""
     settings = settings or ServeSettings()
+    _onnxruntime_without_telemetry()
     recognizer = recognizer or Recognizer.load(
         settings.model_dir, Config(threads=settings.onnx_threads or settings.worker_threads)
     )
@@ -308,8 +317,14 @@ def create_app(settings: ServeSettings | None = None, recognizer: Recognizer | N
         else None
     )
 
+    decoder = DecodePool(
+        settings.decode_processes, settings.decode_timeout_s, recognizer.config, recognizer.image_size
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await decoder.start()
+        app.state.decoder = decoder
         # One warm-up call, so the first real request does not pay onnxruntime's start-up.
         await run_blocking(app, recognizer.probabilities, [Image.new("RGB", (64, 64), (128, 128, 128))])
         app.state.ready = True
@@ -317,6 +332,8 @@ def create_app(settings: ServeSettings | None = None, recognizer: Recognizer | N
             yield
         finally:
             app.state.ready = False
+            app.state.decoder = None
+            await decoder.close()
             if batcher is not None:
                 await batcher.close()
             executor.shutdown(wait=False, cancel_futures=True)
@@ -341,6 +358,15 @@ def create_app(settings: ServeSettings | None = None, recognizer: Recognizer | N
     app.state.batcher = batcher
     app.state.examples = examples
     app.state.ready = False
+    app.state.decoder = None  # the DecodePool, once the server has started
+    app.state.upload_slots = Slots(
+        settings.max_uploads,
+        settings.upload_wait_s,
+        503,
+        "uploads",
+        retry_after_s=max(1.0, settings.upload_wait_s),
+    )
+    app.state.explain_slots = Slots(settings.explain_slots, 0, 429, "explanations", retry_after_s=2)
     install_error_handlers(app)
 
     @app.exception_handler(Exception)
@@ -358,6 +384,8 @@ def create_app(settings: ServeSettings | None = None, recognizer: Recognizer | N
             allow_credentials=False,
             max_age=600,
         )
+
+    app.add_middleware(BodyDeadlineMiddleware, timeout_s=settings.body_timeout_s)
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Callable) -> Any:
@@ -397,18 +425,27 @@ def create_app(settings: ServeSettings | None = None, recognizer: Recognizer | N
             False, description="Add an occlusion heatmap of the regions the result depends on."
         ),
     ) -> JSONResponse:
-        data = await image_bytes(request, settings.max_upload_bytes)
-        image = await run_blocking(app, decode_image, data, recognizer.config, settings.max_upload_bytes)
-        del data
-        prediction = await predict_image(app, image)
-        body = prediction_payload(prediction, recognizer)
-        if explain:
-            from ethnic_group_recognizer.explain import explain as occlusion
-
-            # Explain the label shown first: the answer, or the closest label when it abstained.
-            target = prediction.label or prediction.ranked()[0][0]
-            explanation = await run_blocking(app, occlusion, recognizer, image, settings.explain_grid, target)
-            body["explanation"] = explanation.to_dict()
+        # An explanation slot is taken first, so a flood of them is refused (429) before any
+        # body is read or decoded; then an upload slot bounds the memory held in flight.
+        explain_slot = app.state.explain_slots.hold() if explain else contextlib.nullcontext()
+        async with explain_slot, app.state.upload_slots.hold():
+            kind, raw = await read_upload(request, settings.max_upload_bytes)
+            content_type = request.headers.get("content-type", "")
+            data = await run_blocking(
+                app, extract_image, kind, content_type, raw, settings.max_upload_bytes, settings.max_parts
+            )
+            del raw
+            image = await decode_upload(app, data)
+            del data
+            prediction = await predict_image(app, image)
+            body = prediction_payload(prediction, recognizer)
+            if explain:
+                # Explain the label shown first: the answer, or the closest label when it abstained.
+                target = prediction.label or prediction.ranked()[0][0]
+                explanation = await run_blocking(
+                    app, explain_in_small_batches, recognizer, image, settings.explain_grid, target
+                )
+                body["explanation"] = explanation.to_dict()
         return JSONResponse(body)
 
     @app.get(f"{API}/predict", include_in_schema=False)
@@ -432,6 +469,13 @@ def create_app(settings: ServeSettings | None = None, recognizer: Recognizer | N
                 "max_batch_size": settings.max_batch_size,
                 "batch_concurrency": settings.batch_concurrency,
                 "max_upload_bytes": settings.max_upload_bytes,
+                "max_uploads": settings.max_uploads,
+                "upload_wait_s": settings.upload_wait_s,
+                "body_timeout_s": settings.body_timeout_s,
+                "decode_timeout_s": settings.decode_timeout_s,
+                "decode_workers": settings.decode_processes,
+                "explain_slots": settings.explain_slots,
+                "max_parts": settings.max_parts,
                 "threads": settings.worker_threads,
                 "onnx_threads": settings.onnx_threads or settings.worker_threads,
             },

@@ -24,7 +24,11 @@ def serve(
         ),
     ] = None,
     max_upload_mb: Annotated[
-        float, typer.Option(help="Largest accepted image, in MiB (1 MiB = 1,048,576 bytes).")
+        float,
+        typer.Option(
+            help="Largest accepted image, in MiB (1 MiB = 1,048,576 bytes; above 0, at most 100).",
+            envvar="EGR_MAX_UPLOAD_MB",
+        ),
     ] = 10.0,
     examples: Annotated[
         Path | None,
@@ -46,6 +50,37 @@ def serve(
     access_log: Annotated[
         bool, typer.Option(help="Log one line per request (method, path, status; never bodies).")
     ] = True,
+    max_uploads: Annotated[
+        int,
+        typer.Option(help="Uploads held in memory at once; more wait, then 503.", envvar="EGR_MAX_UPLOADS"),
+    ] = 8,
+    upload_wait_s: Annotated[
+        float,
+        typer.Option(help="How long an upload waits for a slot before a 503.", envvar="EGR_UPLOAD_WAIT_S"),
+    ] = 2.0,
+    body_timeout_s: Annotated[
+        float,
+        typer.Option(
+            help="Seconds the whole request body may take to arrive, then 408.", envvar="EGR_BODY_TIMEOUT_S"
+        ),
+    ] = 30.0,
+    decode_timeout_s: Annotated[
+        float,
+        typer.Option(help="Seconds one image may take to decode, then 503.", envvar="EGR_DECODE_TIMEOUT_S"),
+    ] = 10.0,
+    decode_workers: Annotated[
+        int,
+        typer.Option(
+            help="Image-decoding worker processes; 0 = one per core plus two.", envvar="EGR_DECODE_WORKERS"
+        ),
+    ] = 0,
+    explain_slots: Annotated[
+        int,
+        typer.Option(help="Explanations computed at once; more get 429.", envvar="EGR_EXPLAIN_SLOTS"),
+    ] = 1,
+    max_parts: Annotated[
+        int, typer.Option(help="Most parts in a multipart body, then 422.", envvar="EGR_MAX_PARTS")
+    ] = 16,
 ) -> None:
     """Serve the API (/api/v1, /docs) and the web app (/) with uvicorn."""
     import uvicorn
@@ -57,7 +92,7 @@ def serve(
             model_dir=model,
             host=host,
             port=port,
-            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_upload_mb=max_upload_mb,
             examples_dir=examples,
             batching=batching,
             max_batch_size=max_batch_size,
@@ -65,6 +100,13 @@ def serve(
             batch_concurrency=batch_concurrency,
             threads=threads,
             onnx_threads=onnx_threads,
+            max_uploads=max_uploads,
+            upload_wait_s=upload_wait_s,
+            body_timeout_s=body_timeout_s,
+            decode_timeout_s=decode_timeout_s,
+            decode_workers=decode_workers,
+            explain_slots=explain_slots,
+            max_parts=max_parts,
             **({"cors_origins": parse_origins(cors_origins)} if cors_origins is not None else {}),
         )
         app = create_app(settings)
@@ -79,12 +121,34 @@ def serve(
 
 @site_app.command("build")
 def site_build(
-    api_url: Annotated[
-        str, typer.Option(help="Base URL of the API the pages will call, e.g. https://api.example.org.")
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the static site to.")],
+    api_url: Annotated[
+        str | None,
+        typer.Option(help="Base URL of the API the pages will call, e.g. https://api.example.org."),
+    ] = None,
+    in_browser: Annotated[
+        bool,
+        typer.Option(
+            "--in-browser",
+            help="No server: the page runs the model in the visitor's browser (onnxruntime-web, fetched with npm).",
+        ),
+    ] = False,
+    model: Annotated[
+        Path | None, typer.Option(help="Model directory for --in-browser (default: the shipped model).")
+    ] = None,
+    weights: Annotated[
+        str,
+        typer.Option(help="--in-browser model weights: auto (fp16 if it keeps every label), fp16 or fp32."),
+    ] = "auto",
 ) -> None:
-    """Write the web app as a static site that calls the API at --api-url (allow its origin with --cors-origins)."""
+    """Write the web app as a static site: calling the API at --api-url, or running the model in the browser."""
+    if in_browser == (api_url is not None):
+        _fail("give exactly one of --api-url URL (pages call that API) or --in-browser (no server)")
+    if not in_browser and model is not None:
+        _fail("--model is for --in-browser; an --api-url site uses the model of the server it calls")
+    if in_browser:
+        _site_build_in_browser(out, model, weights)
+        return
     from ethnic_group_recognizer.site import build_site
 
     try:
@@ -92,6 +156,22 @@ def site_build(
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     stderr.print(f"wrote {len(files)} files to {out}; publish that folder on any static host")
+
+
+def _site_build_in_browser(out: Path, model: Path | None, weights: str) -> None:
+    from ethnic_group_recognizer.site import build_in_browser_site
+    from ethnic_group_recognizer.vendor_ort import RuntimeFetchError
+
+    try:
+        site = build_in_browser_site(out, model, weights)
+    except (FileNotFoundError, ValueError, RuntimeFetchError) as error:
+        _fail(str(error))
+    facts = site.manifest
+    stderr.print(
+        f"wrote {len(site.files)} files to {out}: model {site.model_bytes / 1e6:.1f} MB "
+        f"({site.notes[0]}), onnxruntime-web {facts['runtime']['version']} {site.runtime_bytes / 1e6:.1f} MB; "
+        "publish that folder on any static host (a sub-path such as /project-name/ works)"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -24,9 +24,11 @@ _CODES = {
     400: "bad_image",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "malformed_request",
+    429: "too_many_requests",
     500: "internal_error",
     503: "not_ready",
 }
@@ -38,14 +40,19 @@ _DATA_URL = re.compile(
 class APIError(Exception):
     """An error with an HTTP status and a message meant for the person calling the API."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, code: str | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
+        #: Extra response headers, e.g. ``Retry-After`` or ``Connection: close``.
+        self.headers = dict(headers or {})
+        self.code = code
 
 
-def error_body(status: int, message: str) -> dict:
-    return {"error": {"status": status, "code": _CODES.get(status, "error"), "message": message}}
+def error_body(status: int, message: str, code: str | None = None) -> dict:
+    return {"error": {"status": status, "code": code or _CODES.get(status, "error"), "message": message}}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -53,7 +60,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, error: APIError) -> JSONResponse:
-        return JSONResponse(error_body(error.status, error.message), status_code=error.status)
+        return JSONResponse(
+            error_body(error.status, error.message, error.code),
+            status_code=error.status,
+            headers=error.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -67,7 +78,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(error.status_code, str(error.detail)), status_code=error.status_code)
 
 
-def check_size(data: bytes, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+def check_size(data: bytes | bytearray, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
     if len(data) > max_bytes:
         raise APIError(413, f"image is {len(data):,} bytes; the limit is {max_bytes:,} bytes")
 
@@ -85,12 +96,23 @@ def decode_data_url(text: str, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> byt
     if not match.group("b64"):
         raise APIError(422, "data URL must be base64-encoded")
     payload = text[match.end() :]
-    if len(payload) * 3 // 4 > max_bytes:
-        raise APIError(413, f"image is larger than the limit of {max_bytes:,} bytes")
     try:
-        return base64.b64decode(payload, validate=False)
+        data = base64.b64decode(payload, validate=False)
     except (binascii.Error, ValueError):
         raise APIError(422, "data URL is not valid base64") from None
+    # The decoded bytes count (padding does not), exactly as for a multipart upload; the body
+    # limit already bounded what is decoded here.
+    check_size(data, max_bytes)
+    return data
+
+
+def check_upload(data: bytes | bytearray, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+    """The cheap checks before decoding: 413 too large, 400 empty, 415 not an image by content."""
+    check_size(data, max_bytes)
+    if not data:
+        raise APIError(400, "empty image")
+    if sniff_format(bytes(data[:16])) is None:
+        raise APIError(415, "not an image: the content is none of JPEG, PNG, WebP, GIF, BMP or TIFF")
 
 
 def decode_image(
@@ -99,13 +121,11 @@ def decode_image(
     """Decode uploaded bytes into an RGB image, in memory, or raise the right :class:`APIError`.
 
     413 too large, 415 not an image at all (by content, not by name or header), 400 an image
-    that cannot be decoded (truncated, corrupt, decompression bomb, too small).
+    that cannot be decoded (truncated, corrupt, decompression bomb, too small). The server
+    decodes in :mod:`~ethnic_group_recognizer.serve.decode_worker` processes instead; this
+    in-process form is for callers without a pool.
     """
-    check_size(data, max_bytes)
-    if not data:
-        raise APIError(400, "empty image")
-    if sniff_format(data[:16]) is None:
-        raise APIError(415, "not an image: the content is none of JPEG, PNG, WebP, GIF, BMP or TIFF")
+    check_upload(data, max_bytes)
     try:
         return load_image(data, config)
     except ImageError as error:

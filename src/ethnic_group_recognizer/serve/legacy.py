@@ -12,18 +12,15 @@ Images are decoded in memory and never written or logged.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from PIL import Image
 
-from ethnic_group_recognizer.config import Config
 from ethnic_group_recognizer.model import Prediction
-from ethnic_group_recognizer.serve.errors import APIError, decode_data_url, decode_image
-from ethnic_group_recognizer.serve.payload import body_limit, read_limited
+from ethnic_group_recognizer.serve.errors import APIError, decode_data_url
+from ethnic_group_recognizer.serve.payload import body_limit, parse_json, read_limited
 
 #: Routes Gradio 3 answered for an Interface's default endpoint; both spellings, with and without "/".
 LEGACY_PATHS: tuple[str, ...] = ("/run/predict", "/api/predict")
@@ -83,16 +80,18 @@ def label_payload(prediction: Prediction, low_data: frozenset[str] | set[str] = 
     }
 
 
-def parse_legacy_body(body: bytes) -> str:
+def parse_legacy_body(body: bytes | bytearray) -> str:
     """The one data URL in a Gradio 3 ``{"data": [...]}`` body, or a 422 saying what is wrong.
 
     Any Content-Type is accepted: browsers that send ``JSON.stringify`` output without a header
     label it ``text/plain``, and the old Space accepted those too.
     """
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise APIError(422, 'body must be JSON such as {"data": ["data:image/png;base64,..."]}') from None
+        payload = parse_json(body)
+    except APIError as error:
+        raise APIError(
+            422, f'body must be JSON such as {{"data": ["data:image/png;base64,..."]}} ({error.message})'
+        ) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
         raise APIError(422, 'body must be a JSON object with a "data" list')
     data = payload["data"]
@@ -103,9 +102,9 @@ def parse_legacy_body(body: bytes) -> str:
     return data[0]
 
 
-def decode_legacy_request(body: bytes, config: Config, max_bytes: int) -> Image.Image:
-    """Request body to decoded image (JSON, base64, pixels): CPU work, so it runs in the pool."""
-    return decode_image(decode_data_url(parse_legacy_body(body), max_bytes), config, max_bytes)
+def legacy_image_bytes(body: bytes | bytearray, max_bytes: int) -> bytes:
+    """Request body to the image's bytes (JSON, base64): CPU work, so it runs in the thread pool."""
+    return decode_data_url(parse_legacy_body(body), max_bytes)
 
 
 def install_legacy_routes(app: FastAPI) -> None:
@@ -114,7 +113,7 @@ def install_legacy_routes(app: FastAPI) -> None:
     Needs what :func:`~ethnic_group_recognizer.serve.app.create_app` sets up: the recognizer,
     settings, thread pool and error handlers (errors come back in the product's JSON shape).
     """
-    from ethnic_group_recognizer.serve.app import predict_image, run_blocking
+    from ethnic_group_recognizer.serve.app import decode_upload, predict_image, run_blocking
 
     timing = {"total": 0.0, "calls": 0}  # for Gradio's average_duration
 
@@ -123,10 +122,13 @@ def install_legacy_routes(app: FastAPI) -> None:
         started = time.perf_counter()
         max_bytes = app.state.settings.max_upload_bytes
         recognizer = app.state.recognizer
-        body = await read_limited(request, body_limit(max_bytes))
-        image = await run_blocking(app, decode_legacy_request, body, recognizer.config, max_bytes)
-        del body
-        prediction = await predict_image(app, image)
+        async with app.state.upload_slots.hold():
+            body = await read_limited(request, body_limit(max_bytes))
+            data = await run_blocking(app, legacy_image_bytes, body, max_bytes)
+            del body
+            image = await decode_upload(app, data)
+            del data
+            prediction = await predict_image(app, image)
         duration = time.perf_counter() - started
         timing["total"] += duration
         timing["calls"] += 1
@@ -155,8 +157,10 @@ def install_legacy_routes(app: FastAPI) -> None:
                 responses={
                     200: {"content": {"application/json": {"example": _RESPONSE_EXAMPLE}}},
                     400: {"description": "an image that cannot be decoded"},
+                    408: {"description": "the body did not arrive in time"},
                     413: {"description": "image or body over the upload limit"},
                     415: {"description": "the data URL or its content is not an image"},
                     422: {"description": "malformed body or data URL"},
+                    503: {"description": "too many uploads at once, or decoding passed its deadline"},
                 },
             )
