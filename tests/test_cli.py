@@ -32,8 +32,21 @@ def test_predict_jsonl_one_object_per_image_and_errors_as_objects(tmp_path):
     by_name = {Path(item["path"]).name: item for item in lines}
     assert "error" in by_name["broken.jpg"] and "label" not in by_name["broken.jpg"]
     good = by_name["a.jpg"]
-    assert set(good) == {"path", "label", "confidence", "scores"} and len(good["scores"]) == 12
+    assert (
+        set(good)
+        == {
+            "path",
+            "label",
+            "confidence",
+            "scores",
+            "prediction_set",
+            "coverage",
+            "low_data",
+        }
+        and len(good["scores"]) == 12
+    )
     assert good["label"] is None or good["label"] in good["scores"]
+    assert isinstance(good["low_data"], bool) and isinstance(good["prediction_set"], list)
 
 
 def test_predict_exit_code_when_nothing_is_usable(tmp_path):
@@ -49,9 +62,16 @@ def test_predict_exit_code_when_nothing_is_usable(tmp_path):
 
 def test_predict_csv(tmp_path):
     pattern_image("checker", 3).save(tmp_path / "c.jpg")
-    egr("predict", str(tmp_path / "c.jpg"), "--csv", str(tmp_path / "out.csv"))
-    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
-    assert len(rows) == 1 and rows[0]["path"].endswith("c.jpg") and "Uzbeks" in rows[0]
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    egr("predict", str(tmp_path), "--csv", str(tmp_path / "out.csv"))
+    with (tmp_path / "out.csv").open(newline="", encoding="utf-8") as handle:
+        rows = {Path(row["path"]).name: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"c.jpg", "broken.jpg"} and "Uzbeks" in rows["c.jpg"]
+    good, broken = rows["c.jpg"], rows["broken.jpg"]
+    for column in ("abstained", "low_data", "prediction_set"):
+        assert column in good, column
+    assert good["abstained"] == ("true" if good["label"] == "" else "false")
+    assert good["low_data"] in ("true", "false") and broken["error"] and broken["abstained"] == ""
 
 
 def test_import_train_evaluate_predict_round_trip(tmp_path):
@@ -59,11 +79,28 @@ def test_import_train_evaluate_predict_round_trip(tmp_path):
     egr("data", "import", str(source), "--out", str(tmp_path / "ds"))
     again = egr("data", "import", str(source), "--out", str(tmp_path / "ds"))
     assert "imported 0" in again.stderr
-    egr("train", str(tmp_path / "ds"), "--out", str(tmp_path / "model"), "--name", "cli-test")
+    trained = egr(
+        "train",
+        str(tmp_path / "ds"),
+        "--out",
+        str(tmp_path / "model"),
+        "--name",
+        "cli-test",
+        "--coverage",
+        "0.8",
+    )
+    assert "trained " in trained.stderr and " images in " in trained.stderr and "threshold " in trained.stderr
+    metadata = json.loads((tmp_path / "model" / "metadata.json").read_text())
+    assert metadata["options"]["coverage"] == 0.8
     egr("evaluate", str(tmp_path / "model"), str(tmp_path / "ds"), "--out", str(tmp_path / "report"))
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["split"] == "val"
     result = egr("predict", str(source / "Kazakhs"), "--model", str(tmp_path / "model"), "--jsonl")
-    assert len(result.stdout.splitlines()) == 6
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 6
+    # 6 photos a class, fewer than 20 training images behind every label: each answer is low-data
+    assert all(row["low_data"] is (row["label"] is not None) for row in rows)
+    table = egr("predict", str(source / "Kazakhs"), "--model", str(tmp_path / "model"), "--threshold", "0")
+    assert table.stdout.count(" training images") == 6, table.stdout
 
 
 def test_clear_errors_for_missing_inputs(tmp_path):
@@ -99,7 +136,8 @@ def test_square_brackets_in_paths_survive_error_messages(tmp_path):
     pattern_image("stripes", 1).save(folder / "a [red].jpg")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
     result = egr("predict", str(folder))
-    assert result.stdout.startswith(f"{folder / 'a [red].jpg'} ")  # rich expands the tab
+    rows = result.stdout.splitlines()[1:]  # under the header: one table row per readable image
+    assert len(rows) == 1 and rows[0].startswith(f"{folder / 'a [red].jpg'} "), result.stdout
     assert f"{folder / 'broken.jpg'}: " in result.stderr
 
 

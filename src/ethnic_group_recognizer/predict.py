@@ -1,47 +1,56 @@
-"""Batch prediction over files and folders, streaming one result per image.
+"""Batch prediction over files and folders in this process, streaming one result per image.
 
 Unreadable files become error results, never a crashed batch. Results come out in input order.
+Which files a set of paths, folders and globs names is :func:`~ethnic_group_recognizer.batch.inputs.expand_inputs`;
+archives larger than one machine go to Ray (:func:`~ethnic_group_recognizer.batch.jobs.predict_to_parquet`).
 """
 
 from __future__ import annotations
 
-import glob
-from collections.abc import Iterable, Iterator
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
-from ethnic_group_recognizer.images import ImageError, is_image_path, load_image
-from ethnic_group_recognizer.model import Recognizer
+from ethnic_group_recognizer.images import ImageError, load_image
+from ethnic_group_recognizer.model import Prediction, Recognizer
 from ethnic_group_recognizer.progress import progress
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders searched recursively for images, globs expanded; sorted per input.
+def prediction_row(prediction: Prediction, path: str, low_data_labels: set[str]) -> dict:
+    """One result as ``egr predict --jsonl`` prints it: :meth:`Prediction.to_dict` plus ``low_data``.
 
-    A path that does not exist is kept, so that it is reported as an error rather than dropped.
+    ``low_data`` is true when the answered ``label`` is backed by few training images
+    (:data:`~ethnic_group_recognizer.model.LOW_DATA_IMAGES`); false when the model abstained.
     """
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p)))
-        elif not path.exists() and any(ch in str(item) for ch in "*?["):
-            paths.extend(sorted(Path(p) for p in glob.glob(str(item), recursive=True) if Path(p).is_file()))
-        else:
-            paths.append(path)
-    return paths
+    row = prediction.to_dict(path)
+    row["low_data"] = prediction.label is not None and prediction.label in low_data_labels
+    return row
 
 
 def predict_paths(
-    recognizer: Recognizer, paths: list[Path], batch_size: int = 32, show_progress: bool = True
+    recognizer: Recognizer, paths: list[Path], batch_size: int | None = None, show_progress: bool = True
 ) -> Iterator[dict]:
-    """Yield ``{"path", "label", "confidence", "scores"}`` or ``{"path", "error"}`` per path."""
+    """Yield one :func:`prediction_row` or ``{"path", "error"}`` per path, in order.
+
+    ``batch_size`` defaults to the recognizer's ``config.batch_size``; another value is checked
+    by :class:`~ethnic_group_recognizer.config.Config`, at the call (a ValueError before any
+    image is read), not at the first result.
+    """
+    if batch_size is not None:
+        batch_size = dataclasses.replace(recognizer.config, batch_size=batch_size).batch_size
+    step = recognizer.config.batch_size if batch_size is None else batch_size
+    return _stream(recognizer, paths, step, show_progress)
+
+
+def _stream(recognizer: Recognizer, paths: list[Path], step: int, show_progress: bool) -> Iterator[dict]:
+    low_data = set(recognizer.low_data_labels())
     for start in progress(
-        range(0, len(paths), batch_size),
-        f"Predicting {len(paths)} images, batches of {batch_size}",
+        range(0, len(paths), step),
+        f"Predicting {len(paths)} images, batches of {step}",
         disable=not show_progress,
-        total=-(-len(paths) // batch_size),
+        total=-(-len(paths) // step),
     ):
-        chunk = paths[start : start + batch_size]
+        chunk = paths[start : start + step]
         loaded, results = [], {}
         for i, path in enumerate(chunk):
             try:
@@ -51,6 +60,6 @@ def predict_paths(
         if loaded:
             predictions = recognizer.predict_images([image for _, image in loaded])
             for (i, _), prediction in zip(loaded, predictions, strict=True):
-                results[i] = prediction.to_dict(str(chunk[i]))
+                results[i] = prediction_row(prediction, str(chunk[i]), low_data)
         for i in range(len(chunk)):
             yield results[i]
