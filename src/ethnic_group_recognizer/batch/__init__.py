@@ -12,5 +12,5 @@ Where things live:
 - :mod:`.jobs`: ``predict_to_parquet`` and ``embed_to_parquet``, which tie the above together.
 - :mod:`.embeddings`: an embeddings file loaded into this machine's embedding cache.
 
-Nothing here exits the process: the CLI (``cli.py``, ``embed_cli.py``) turns errors into messages.
+Nothing here exits the process: the CLI (``cli/model.py``, ``cli/batch.py``) turns errors into messages.
 """

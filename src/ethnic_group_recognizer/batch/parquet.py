@@ -43,6 +43,9 @@ def predict_schema() -> pa.Schema:
             ("label", pa.string()),
             ("confidence", pa.float64()),
             ("scores", pa.string()),
+            ("prediction_set", pa.list_(pa.string())),
+            ("coverage", pa.float64()),
+            ("low_data", pa.bool_()),
             ("error", pa.string()),
         ]
     )
@@ -76,6 +79,9 @@ def predict_row(result: dict) -> dict:
             "label": None,
             "confidence": None,
             "scores": None,
+            "prediction_set": None,
+            "coverage": None,
+            "low_data": None,
             "error": result["error"],
         }
     scores = json.dumps(result["scores"], ensure_ascii=False)
@@ -86,8 +92,15 @@ def row_to_jsonl(row: dict) -> dict:
     """A Parquet prediction row back into the exact ``egr predict --jsonl`` object."""
     if row["error"] is not None:
         return {"path": row["path"], "error": row["error"]}
-    scores = json.loads(row["scores"])
-    return {"path": row["path"], "label": row["label"], "confidence": row["confidence"], "scores": scores}
+    return {
+        "path": row["path"],
+        "label": row["label"],
+        "confidence": row["confidence"],
+        "scores": json.loads(row["scores"]),
+        "prediction_set": list(row["prediction_set"] or []),
+        "coverage": row["coverage"],
+        "low_data": bool(row["low_data"]),
+    }
 
 
 def _vectors(values: list[np.ndarray | None]) -> pa.Array:
@@ -108,7 +121,7 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 
     columns = [
         _vectors([row[field.name] for row in rows])
-        if pa.types.is_list(field.type)
+        if pa.types.is_list(field.type) and pa.types.is_floating(field.type.value_type)
         else pa.array([row[field.name] for row in rows], type=field.type)
         for field in schema
     ]

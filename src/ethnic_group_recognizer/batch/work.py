@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ethnic_group_recognizer.batch.inputs import Reader, describe_error
+from ethnic_group_recognizer.predict import prediction_row
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ethnic_group_recognizer.backbone import Embedder
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 def predict_batch(recognizer: Recognizer, entries: Sequence[str], reader: Reader) -> list[dict]:
     """``egr predict --jsonl`` objects for ``entries``, in order; failures become ``{"path","error"}``."""
     results: list[dict | None] = [None] * len(entries)
+    low_data = set(recognizer.low_data_labels())
     loaded = []
     for i, entry in enumerate(entries):
         try:
@@ -29,7 +31,7 @@ def predict_batch(recognizer: Recognizer, entries: Sequence[str], reader: Reader
         try:
             predictions = recognizer.predict_images([image for _, image in loaded])
             for (i, _), prediction in zip(loaded, predictions, strict=True):
-                results[i] = prediction.to_dict(entries[i])
+                results[i] = prediction_row(prediction, entries[i], low_data)
         except Exception as error:
             for i, _ in loaded:
                 results[i] = {"path": entries[i], "error": f"model failed: {describe_error(error)}"}
