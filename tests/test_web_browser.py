@@ -1,13 +1,14 @@
 """The web app end to end in headless Chromium against a real server on 127.0.0.1.
 
-Recognize: upload a photo and see the ranked labels; upload a non-image and see the error; the
-example gallery; About renders the model card. A built static site on another origin calls the
+Recognize: upload a photo and see the ranked labels (and "none of these"); upload a non-image and
+see the error; the example gallery and the heatmap legend; About renders the model card. A built static site on another origin calls the
 API through CORS. Screenshots are saved under each test's temporary folder.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -53,11 +54,12 @@ def test_recognize_photo_then_non_image(page: object, live_server: LiveServer, t
 
     page.goto(f"{live_server.base}/recognize.html")
     page.set_input_files("#file", str(photo_path))
-    page.wait_for_selector("#scores li >> nth=11")
-    assert page.locator("#scores li").count() == 12
+    page.wait_for_selector("#scores li >> nth=12")
+    assert page.locator("#scores li").count() == 13  # the 12 labels and "none of these"
+    assert page.locator("#scores li.none-of-these").count() == 1
     assert page.locator("#error").is_hidden()
     verdict = page.locator("#verdict").inner_text()
-    assert "None of these 12" in verdict or "Most like the visual culture of" in verdict
+    assert re.match(r"(None of these 12\.|Most like |One of: |Uncertain: )", verdict), verdict
     percentages = [float(t.rstrip("%")) for t in page.locator("#scores .score-value").all_inner_texts()]
     assert percentages == sorted(percentages, reverse=True) and percentages[0] > 0
     assert page.locator("#scores .badge").count() >= 4  # the low-data labels are flagged
@@ -83,11 +85,14 @@ def test_heatmap_and_gallery(page: object, live_server: LiveServer, tmp_path: Pa
     page.check("#explain")
     thumbs.nth(0).focus()
     page.keyboard.press("Enter")  # keyboard works as well as a click
-    page.wait_for_selector("#scores li >> nth=11")
+    page.wait_for_selector("#scores li >> nth=12")
     heatmap = page.locator("#heatmap")
     heatmap.wait_for(state="visible")
     assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
     assert "Heatmap" in heatmap.get_attribute("alt")
+    legend = page.locator("#heatmap-legend")  # what the colours mean, and the honest word on faces
+    assert legend.is_visible()
+    assert "red" in legend.inner_text() and "using that face" in legend.inner_text()
     page.uncheck("#show-heatmap")
     assert heatmap.is_hidden()
     page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
@@ -96,8 +101,9 @@ def test_heatmap_and_gallery(page: object, live_server: LiveServer, tmp_path: Pa
 
 def test_about_renders_the_model_card(page: object, live_server: LiveServer, tmp_path: Path) -> None:  # noqa: F811
     page.goto(f"{live_server.base}/about.html")
-    page.wait_for_selector("#card h2")
-    assert page.locator("#card h2").first.inner_text().startswith("Model card")
+    page.wait_for_selector("#card h3")  # the card's sections, under the page's own "Model card…" heading
+    assert page.locator("#card-heading").inner_text().startswith("Model card")
+    assert page.locator("#card h2").count() == 0  # the card's title is that heading, not said twice
     assert page.locator("#card table").count() >= 1
     assert page.locator("#labels-table tbody tr").count() == 12
     assert page.locator("#labels-table .badge").count() >= 4
@@ -128,7 +134,7 @@ def test_static_site_on_another_origin(
         (tmp_path / "p.jpg").write_bytes(encode(photo(9), "JPEG"))
         page.goto(f"{site_origin}/recognize.html")
         page.set_input_files("#file", str(tmp_path / "p.jpg"))
-        page.wait_for_selector("#scores li >> nth=11")
+        page.wait_for_selector("#scores li >> nth=12")
         assert page.locator("#error").is_hidden()
         page.screenshot(path=str(tmp_path / "static-site.png"), full_page=True)
     finally:

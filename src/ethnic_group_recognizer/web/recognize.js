@@ -1,4 +1,5 @@
-// The Recognize page: take a photo (drop, pick, paste, gallery), send it, show ranked labels.
+// The Recognize page: take a photo (drop, pick, paste, gallery), downscale it, send it, and show the
+// answer (a label, a prediction set or "none of these") above every label's score and "none of these".
 "use strict";
 
 (() => {
@@ -8,9 +9,21 @@
   let busy = false;
   let serverExamples = false;
 
+  /** The model's facts (input size, upload limit, names); neutral until /api/v1/model answers. */
+  let info = EGR.describe(null);
+  /** Photos are sent at twice the model's input scale (short side), enough for every crop it takes. */
+  const FALLBACK_SHORT_SIDE = 640;
+  const JPEG_QUALITY = 0.92;
+  /** Above this many labels a prediction set says "uncertain" and folds its list. */
+  const SET_UNFOLDED_MAX = 4;
+
   // ---- input ---------------------------------------------------------------------------
   function setup() {
     const dropzone = $("dropzone");
+    if (window.matchMedia && window.matchMedia("(pointer: coarse)").matches) {
+      // A phone or tablet has no keyboard to paste with and nothing to drag from.
+      $("drop-text").textContent = "Take a photo or choose one from this device:";
+    }
     $("file").addEventListener("change", (event) => {
       const file = event.target.files && event.target.files[0];
       if (file) classify(file, file.name, true);
@@ -51,12 +64,61 @@
       localStorage.removeItem(HISTORY_KEY);
       renderHistory();
     });
-    EGR.request("/api/v1/model")
+    EGR.model()
       .then((model) => {
-        $("threshold").textContent = `${EGR.percent(model.threshold)} (its calibrated threshold)`;
+        info = EGR.describe(model);
+        if (info.threshold !== null) {
+          $("threshold").textContent = `${EGR.percent(info.threshold)} (its calibrated threshold)`;
+        }
+        $("threshold-hint").hidden = !info.canAbstain;
+        const limit = info.maxUploadBytes ? ` The server accepts at most ${EGR.mebibytes(info.maxUploadBytes)}.` : "";
+        $("size-hint").textContent =
+          `Larger photos are made smaller in this browser (${targetShortSide()} px on the short side) ` +
+          `before they are sent.${limit}`;
       })
       .catch(() => {});
     loadGallery();
+  }
+
+  // ---- downscale before sending ------------------------------------------------------------
+  function targetShortSide() {
+    return info.inputSize ? 2 * info.inputSize : FALLBACK_SHORT_SIDE;
+  }
+
+  /**
+   * The photo as it should be sent: unchanged when it is small enough, else drawn on a canvas with
+   * its short side at twice the model's input size and encoded as JPEG (a 19 MB phone photo becomes
+   * a few hundred kB). A format this browser cannot draw (TIFF) is sent as it is.
+   */
+  async function prepareUpload(blob) {
+    const target = targetShortSide();
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(blob);
+    } catch (error) {
+      return { blob, resized: null };
+    }
+    const width = bitmap.width;
+    const height = bitmap.height;
+    const shortSide = Math.min(width, height);
+    const tooLarge = info.maxUploadBytes !== null && blob.size > info.maxUploadBytes;
+    if (shortSide <= target && !tooLarge) {
+      bitmap.close();
+      return { blob, resized: null };
+    }
+    const scale = Math.min(1, target / shortSide);
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(1, Math.round(width * scale));
+    canvas.height = Math.max(1, Math.round(height * scale));
+    const context = canvas.getContext("2d");
+    context.fillStyle = "#ffffff"; // JPEG has no transparency: show it as white, not black
+    context.fillRect(0, 0, canvas.width, canvas.height);
+    context.imageSmoothingQuality = "high";
+    context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    bitmap.close();
+    const jpeg = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", JPEG_QUALITY));
+    if (!jpeg) return { blob, resized: null };
+    return { blob: jpeg, resized: { from: [width, height], to: [canvas.width, canvas.height] } };
   }
 
   // ---- classify --------------------------------------------------------------------------
@@ -67,25 +129,46 @@
     $("status").textContent = `Classifying ${name}…`;
     $("result").hidden = true;
     showPreview(blob, name);
-    const form = new FormData();
-    form.append("image", blob, name);
     const explain = $("explain").checked;
     try {
+      await EGR.model().catch(() => null); // the input size and limit, when the server gives them
+      const upload = await prepareUpload(blob);
+      if (info.maxUploadBytes !== null && upload.blob.size > info.maxUploadBytes) {
+        throw new Error(
+          `the photo is ${EGR.mebibytes(upload.blob.size)}; the server accepts at most ${EGR.mebibytes(info.maxUploadBytes)}`,
+        );
+      }
+      const form = new FormData();
+      form.append("image", upload.blob, upload.resized ? "photo.jpg" : name);
       const result = await EGR.request(`/api/v1/predict${explain ? "?explain=true" : ""}`, {
         method: "POST",
         body: form,
       });
       renderResult(result, name);
-      $("status").textContent = `Classified ${name}.`;
+      const reduced = upload.resized
+        ? ` (sent at ${upload.resized.to.join(" × ")} px, reduced from ${upload.resized.from.join(" × ")} px)`
+        : "";
+      $("status").textContent = `Classified ${name}${reduced}.`;
+      revealResult();
       if (remember) remember_(blob, result);
     } catch (error) {
       $("preview-figure").hidden = true;
       $("heatmap-toggle-row").hidden = true;
+      $("heatmap-legend").hidden = true;
       $("status").textContent = "";
       showError(`Could not classify ${name}: ${error.message}`);
     } finally {
       busy = false;
     }
+  }
+
+  /** On a narrow screen the result is below the photo: bring it into view unless it already is. */
+  function revealResult() {
+    const panel = $("result");
+    const top = panel.getBoundingClientRect().top;
+    if (top >= 0 && top < window.innerHeight * 0.5) return;
+    const reduce = window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    panel.scrollIntoView({ behavior: reduce ? "auto" : "smooth", block: "start" });
   }
 
   function showPreview(blob, name) {
@@ -101,43 +184,128 @@
     $("preview-caption").textContent = name;
     $("heatmap").hidden = true;
     $("heatmap-toggle-row").hidden = true;
+    $("heatmap-legend").hidden = true;
     $("preview-figure").hidden = false;
   }
 
-  function renderResult(result, name) {
-    const top = result.scores[0];
+  // ---- the result ----------------------------------------------------------------------------
+  function strong(text) {
+    const element = document.createElement("strong");
+    element.textContent = text;
+    return element;
+  }
+
+  /** The labels of a prediction set, or null for a server that sends none (older servers). */
+  function predictionSet(result) {
+    if (!Array.isArray(result.prediction_set)) return null;
+    return result.prediction_set.filter((label) => typeof label === "string");
+  }
+
+  /** "X", "X or Y", "X, Y or Z" as strong names. */
+  function alternatives(labels) {
+    const parts = [];
+    labels.forEach((label, index) => {
+      if (index > 0) parts.push(index === labels.length - 1 ? " or " : ", ");
+      parts.push(strong(label));
+    });
+    return parts;
+  }
+
+  function coverageSentence(result) {
+    const share = typeof result.coverage === "number" && result.coverage > 0 && result.coverage < 1
+      ? EGR.percent(result.coverage)
+      : null;
+    return (
+      `A set like this contains the right label for ${share ? `${share} of` : "most"} photos like the ones the ` +
+      "model was calibrated on. It is a promise about many photos, not about this one, and it holds less " +
+      "well for photos unlike the training photos."
+    );
+  }
+
+  function renderVerdict(result) {
     const verdict = $("verdict");
-    verdict.classList.toggle("abstain", result.abstained);
-    if (result.abstained) {
-      verdict.innerHTML = "";
-      const strong = document.createElement("strong");
-      strong.textContent = "None of these 12.";
-      verdict.append(
-        strong,
-        ` The photo does not look enough like the visual culture of any of the 12 groups the model knows ` +
+    const note = $("coverage-note");
+    const members = predictionSet(result);
+    const count = result.scores.length;
+    const top = result.scores[0];
+    const none = result.abstained || (members !== null && members.length === 0);
+    verdict.innerHTML = "";
+    verdict.classList.toggle("abstain", none);
+    verdict.dataset.kind = none ? "none" : members === null ? "label" : members.length === 1 ? "single" : "set";
+    note.hidden = true;
+    const line = document.createElement("p");
+    verdict.append(line);
+    if (none) {
+      line.append(
+        strong(`${EGR.noneOfThese(info, count)}.`),
+        ` The photo does not look enough like any of the ${count} labels the model knows ` +
           `(closest: ${top.label}, ${EGR.percent(top.probability)}).`,
       );
-    } else {
-      verdict.innerHTML = "";
-      const strong = document.createElement("strong");
-      strong.textContent = result.label;
-      verdict.append("Most like the visual culture of ", strong, ` (${EGR.percent(result.confidence)}).`);
+      return;
     }
+    if (members === null || members.length === 1) {
+      const label = members === null ? result.label : members[0];
+      const score = result.scores.find((s) => s.label === label);
+      const probability = score ? score.probability : result.confidence;
+      line.append("Most like ", strong(label), ` (${EGR.percent(probability)}).`);
+    } else if (members.length <= SET_UNFOLDED_MAX) {
+      line.append("One of: ", ...alternatives(members), ".");
+    } else {
+      line.append(strong("Uncertain"), `: it could be any of ${members.length} labels.`);
+      const details = document.createElement("details");
+      const summary = document.createElement("summary");
+      summary.textContent = `Show the ${members.length} labels`;
+      const list = document.createElement("ul");
+      for (const label of members) {
+        list.append(Object.assign(document.createElement("li"), { textContent: label }));
+      }
+      details.append(summary, list);
+      verdict.append(details);
+    }
+    if (members !== null) {
+      note.textContent = coverageSentence(result);
+      note.hidden = false;
+    }
+  }
+
+  function renderLowData(result) {
     const warning = $("low-data-warning");
-    if (!result.abstained && result.low_data) {
-      const count = result.scores.find((s) => s.label === result.label).training_images;
-      warning.textContent =
-        `Warning: the model has seen only ${count} training photo${count === 1 ? "" : "s"} of ${result.label}. ` +
-        "This answer is a guess; check it before relying on it.";
-      warning.hidden = false;
-    } else {
+    const members = predictionSet(result);
+    const named = result.abstained ? [] : members && members.length ? members : result.label ? [result.label] : [];
+    const low = result.scores.filter((s) => s.low_data && named.includes(s.label));
+    if (!low.length) {
       warning.hidden = true;
+      return;
     }
+    const parts = low.map((s) => `${s.training_images} training photo${s.training_images === 1 ? "" : "s"} of ${s.label}`);
+    warning.textContent =
+      `Warning: the model has seen only ${EGR.listing(parts)}. ` +
+      `This answer is a guess; check it before relying on it.`;
+    warning.hidden = false;
+  }
+
+  /** The ranked rows: every label, and "none of these" (1 - their sum) as its own row. */
+  function rows(result) {
+    const total = result.scores.reduce((sum, s) => sum + (Number(s.probability) || 0), 0);
+    const noneRow = {
+      label: `${EGR.noneOfThese(info, result.scores.length)}`,
+      probability: Math.max(0, Math.min(1, 1 - total)),
+      none: true,
+    };
+    const all = result.scores.map((s) => ({ ...s, none: false }));
+    const at = all.findIndex((s) => s.probability < noneRow.probability);
+    all.splice(at === -1 ? all.length : at, 0, noneRow);
+    return all;
+  }
+
+  function renderScores(result) {
     const list = $("scores");
     list.innerHTML = "";
-    result.scores.forEach((score, index) => {
+    const topLabel = result.abstained ? null : result.scores[0].label;
+    for (const score of rows(result)) {
       const item = document.createElement("li");
-      item.className = "score" + (index === 0 && !result.abstained ? " top" : "");
+      item.className = "score" + (score.none ? " none-of-these" : "") + (score.label === topLabel && !score.none ? " top" : "");
+      item.dataset.label = score.none ? "" : score.label;
       const head = document.createElement("div");
       head.className = "score-head";
       const label = document.createElement("span");
@@ -162,7 +330,14 @@
       bar.append(fill);
       item.append(head, bar);
       list.append(item);
-    });
+    }
+  }
+
+  /** Show one /api/v1/predict response (exposed as Recognize.renderResult for the page's tests). */
+  function renderResult(result, name) {
+    renderVerdict(result);
+    renderLowData(result);
+    renderScores(result);
     const heatmap = $("heatmap");
     if (result.explanation) {
       heatmap.src = result.explanation.heatmap_png;
@@ -170,7 +345,11 @@
         `Heatmap over ${name}: red regions are those the score for ${result.explanation.label} depends on most ` +
         `(computed in ${Math.round(result.explanation.milliseconds)} ms).`;
       heatmap.hidden = !$("show-heatmap").checked;
+      $("heatmap-label").textContent = result.explanation.label;
       $("heatmap-toggle-row").hidden = false;
+      $("heatmap-legend").hidden = false;
+    } else {
+      $("heatmap-legend").hidden = true;
     }
     $("result").hidden = false;
   }
@@ -189,12 +368,18 @@
   // ---- gallery: the server's examples, else this browser's own history ---------------------
   async function loadGallery() {
     let examples = [];
+    let unreachable = null;
     try {
       examples = (await EGR.request("/api/v1/examples")).examples || [];
     } catch (error) {
       examples = [];
+      if (error.unreachable) unreachable = error.message;
     }
     serverExamples = examples.length > 0;
+    if (unreachable) {
+      renderHistory(`No example photos: ${unreachable}`);
+      return;
+    }
     if (serverExamples) {
       $("gallery-note").textContent = "Example photos from the server. Click one to classify it.";
       const gallery = $("gallery");
@@ -244,13 +429,15 @@
     }
   }
 
-  function renderHistory() {
+  /** This browser's own earlier photos; ``problem`` (why the server's examples are missing) comes first. */
+  function renderHistory(problem) {
     const items = history();
     const gallery = $("gallery");
     gallery.innerHTML = "";
-    $("gallery-note").textContent = items.length
+    const own = items.length
       ? "Photos you classified in this browser (small copies kept only in this browser, never on the server). Click one to classify it again."
-      : "No example photos on this server. Photos you classify will appear here, kept only in this browser.";
+      : `${problem ? "" : "No example photos on this server. "}Photos you classify will appear here, kept only in this browser.`;
+    $("gallery-note").textContent = problem ? `${problem} ${own}` : own;
     $("forget").hidden = !items.length;
     for (const entry of items) {
       gallery.append(
@@ -260,6 +447,14 @@
         }),
       );
     }
+  }
+
+  /** The answer in a few words, for a gallery caption: the label, "A or B", or "none of these". */
+  function shortAnswer(result) {
+    const members = predictionSet(result);
+    if (result.abstained || (members !== null && members.length === 0)) return EGR.noneOfThese(info, result.scores.length);
+    if (members === null || members.length === 1) return members ? members[0] : result.label;
+    return members.length <= SET_UNFOLDED_MAX ? EGR.listing(members, "or") : `uncertain (${members.length} labels)`;
   }
 
   /** Keep a 224 px copy of the photo and its result in localStorage (this browser only). */
@@ -273,7 +468,7 @@
       canvas.height = Math.max(32, Math.round(img.naturalHeight * scale));
       canvas.getContext("2d").drawImage(img, 0, 0, canvas.width, canvas.height);
       URL.revokeObjectURL(url);
-      const entry = { thumb: canvas.toDataURL("image/jpeg", 0.8), display: result.display_label, time: Date.now() };
+      const entry = { thumb: canvas.toDataURL("image/jpeg", 0.8), display: shortAnswer(result), time: Date.now() };
       const items = [entry, ...history()].slice(0, HISTORY_MAX);
       try {
         localStorage.setItem(HISTORY_KEY, JSON.stringify(items));
@@ -286,5 +481,6 @@
     img.src = url;
   }
 
+  window.Recognize = { renderResult, prepareUpload };
   document.addEventListener("DOMContentLoaded", setup);
 })();
