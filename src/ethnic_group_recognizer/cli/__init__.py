@@ -4,7 +4,8 @@ Each group is a module-level ``typer.Typer()`` in its own module (``cli/data.py`
 and info; ``cli/clean.py``: collect, clean, review; ``cli/model.py``: train, evaluate, predict;
 ``cli/batch.py``: embed, embed-import and the Ray side of predict), added here. ``egr serve`` and
 ``egr site build`` come from :mod:`ethnic_group_recognizer.serve.cli`, ``egr demo`` from
-:mod:`ethnic_group_recognizer.demo`, each through its ``register`` hook.
+:mod:`ethnic_group_recognizer.demo`, each through its ``register`` hook; ``egr space build`` from
+:mod:`ethnic_group_recognizer.space_cli`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from ethnic_group_recognizer import demo
+from ethnic_group_recognizer import demo, space_cli
 from ethnic_group_recognizer.cli import batch, clean, data, model
 from ethnic_group_recognizer.serve import cli as serve_cli
 
@@ -68,3 +69,4 @@ app.add_typer(model.app)  # train, evaluate, predict
 app.add_typer(_registered(serve_cli.register))  # serve, site build
 app.add_typer(_registered(demo.register))  # demo
 app.add_typer(batch.app)  # embed, embed-import
+app.add_typer(space_cli.app, name="space")  # space build
