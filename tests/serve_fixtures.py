@@ -71,6 +71,71 @@ class LiveServer:
         self.thread.join(timeout=15)
 
 
+#: A user's own classes: nothing of the shipped model's wording may show for a model of these.
+OWN_LABELS = ("kimono", "kilt", "hanbok")
+TINY_SIZE = 32
+
+
+def tiny_model(directory: Path, labels: tuple[str, ...] = OWN_LABELS) -> Path:
+    """A real model directory with a tiny ONNX graph (mean colour -> softmax) and its own labels.
+
+    Red, green and blue photos score the first, second and third label; a grey one scores none
+    strongly. No training and no backbone download, so any test can have a user's model.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ethnic_group_recognizer.model_dir import (
+        BackboneInfo,
+        Calibration,
+        ModelMetadata,
+        Provenance,
+        write_model_dir,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    k = len(labels) + 1
+    weights = np.zeros((3, k), np.float32)
+    for index in range(min(3, len(labels))):
+        weights[index, index] = 6.0
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["embedding"], axis=1),
+        helper.make_node("MatMul", ["embedding", "weights"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, TINY_SIZE, TINY_SIZE])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", k]),
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        [numpy_helper.from_array(weights, "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(directory / "model.onnx"))
+    write_model_dir(
+        directory,
+        ModelMetadata(
+            labels=labels,
+            name="my-costumes",
+            version="2026.12.01",
+            backbone=BackboneInfo(name="mean-colour", image_size=TINY_SIZE, pooling="mean"),
+            calibration=Calibration(temperature=1.0, threshold=0.5, calibrated_on="nothing (a test graph)"),
+            tta=False,
+            training_counts=dict.fromkeys(labels, 40),
+            abstain_training_count=0,
+            provenance=Provenance(0, 0.2, 0, 0, "", "", 0.0),
+            options={},
+        ),
+    )
+    return directory
+
+
 def require_default_model() -> Path:
     if not (DEFAULT_MODEL_DIR / "model.onnx").is_file():
         pytest.skip(f"the shipped default model is not built yet ({DEFAULT_MODEL_DIR})")
@@ -125,6 +190,9 @@ def live_server(
         examples_dir=write_examples(tmp_path_factory.mktemp("examples")),
         batching=True,
         batch_wait_ms=10,
+        # The concurrency tests send 16 uploads at once to 8 slots; on a busy machine the default
+        # 2 s wait for a slot can pass (a 503), which is not what they test.
+        upload_wait_s=60,
     )
     server = LiveServer(create_app(settings, recognizer=recognizer)).start()
     yield server

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from serve_fixtures import (  # noqa: F401 - fixtures
+    OWN_LABELS,
     TEST_UPLOAD_LIMIT,
     LiveServer,
     encode,
@@ -23,11 +24,13 @@ from serve_fixtures import (  # noqa: F401 - fixtures
     photo,
     recognizer,
     site_origin,
+    tiny_model,
 )
 
 from ethnic_group_recognizer.config import LABELS
 from ethnic_group_recognizer.model import Recognizer
 from ethnic_group_recognizer.serve.app import ServeSettings, create_app, parse_origins
+from ethnic_group_recognizer.serve.core import API
 
 PREDICT = "/api/v1/predict"
 
@@ -355,3 +358,82 @@ def test_concurrency_without_batching(recognizer: Recognizer) -> None:  # noqa: 
     assert [r.status_code for r in responses] == [200] * 6
     for response, probs in zip(responses, expected, strict=True):
         check_prediction(response.json(), probs, recognizer)
+
+
+# -- prediction sets, response models, a model's own words ----------------------------------------
+def test_prediction_set_and_coverage_in_the_answer_and_the_schema(
+    client: httpx.Client,
+    recognizer: Recognizer,  # noqa: F811
+) -> None:
+    data = encode(photo(30), "PNG")
+    body = client.post(PREDICT, files={"image": ("p.png", data, "image/png")}).json()
+    expected = recognizer.decide(recognizer.probabilities([Image.open(io.BytesIO(data)).convert("RGB")])[0])
+    assert body["prediction_set"] == expected.prediction_set
+    assert body["coverage"] == expected.coverage
+    assert set(body["prediction_set"]) <= set(recognizer.labels)
+    if body["abstained"]:
+        assert body["prediction_set"] == []
+    spec = client.get("/openapi.json").json()
+    answer = spec["paths"][PREDICT]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/PredictOut"}
+    properties = spec["components"]["schemas"]["PredictOut"]["properties"]
+    assert properties["prediction_set"]["type"] == "array"
+    assert {"coverage", "label", "display_label", "scores", "model"} <= set(properties)
+    legacy = client.post("/run/predict", json={"data": [data_url(data)]}).json()["data"][0]
+    assert legacy["prediction_set"] == expected.prediction_set
+    assert legacy["label"] == expected.display_label  # unchanged for old clients
+
+
+def test_every_json_route_declares_and_enforces_a_response_model(live_server: LiveServer) -> None:  # noqa: F811
+    """FastAPI checks an answer against ``response_model``; ``None`` would only document it."""
+    from fastapi.routing import APIRoute
+
+    unchecked = [
+        route.path
+        for route in live_server.app.routes
+        if isinstance(route, APIRoute)
+        and route.include_in_schema
+        and route.path.startswith((API, "/healthz", "/readyz"))
+        and route.response_model is None
+        and route.path not in (f"{API}/model-card", f"{API}/examples/{{example_id}}")
+    ]
+    assert unchecked == []
+
+
+@pytest.fixture(scope="module")
+def own_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    directory = tiny_model(tmp_path_factory.mktemp("own") / "model")
+    server = LiveServer(create_app(ServeSettings(cors_origins=[]), recognizer=Recognizer.load(directory)))
+    yield server.start()
+    server.stop()
+
+
+def assert_no_shipped_words(text: str) -> None:
+    lowered = text.lower()
+    for word in (*LABELS, "None of the 12", "12 ethnic", "12 groups", "the 12", "ethnic group recognizer"):
+        assert word.lower() not in lowered, f"{word!r} in {text[:300]!r}"
+
+
+def test_a_users_model_speaks_for_itself(own_model_server: LiveServer) -> None:
+    base = own_model_server.base
+    spec = httpx.get(base + "/openapi.json", timeout=30).json()
+    summaries = [op.get("summary", "") for path in spec["paths"].values() for op in path.values()]
+    assert_no_shipped_words(
+        " ".join([spec["info"]["title"], spec["info"]["summary"], spec["info"]["description"], *summaries])
+    )
+    assert "kimono" in spec["info"]["summary"] and "my costumes" in spec["info"]["title"]
+    labels = httpx.get(base + "/api/v1/labels", timeout=30).json()
+    assert [row["label"] for row in labels["labels"]] == list(OWN_LABELS)
+    assert labels["abstain"] == {"label": None, "text": "None of these 3"}
+    grey = encode(Image.new("RGB", (64, 64), (128, 128, 128)), "PNG")
+    answer = httpx.post(base + PREDICT, files={"image": ("g.png", grey)}, timeout=60).json()
+    assert answer["label"] is None and answer["display_label"] == "None of these 3"
+    assert answer["prediction_set"] == [] and len(answer["scores"]) == 3
+    red = encode(Image.new("RGB", (64, 64), (250, 10, 10)), "PNG")
+    named = httpx.post(base + PREDICT, files={"image": ("r.png", red)}, timeout=60).json()
+    assert named["label"] == "kimono" and named["prediction_set"][0] == "kimono"
+    legacy = httpx.post(base + "/run/predict", json={"data": [data_url(grey)]}, timeout=60).json()
+    assert legacy["data"][0]["label"] == "None of these 3"
+    card = httpx.get(base + "/api/v1/model-card", timeout=30).text
+    assert_no_shipped_words(card)
+    assert "None of these 3" in card and "kimono" in card

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,15 @@ from PIL import Image
 from serve_fixtures import photo, recognizer  # noqa: F401 - fixture
 
 from ethnic_group_recognizer.config import LABELS
-from ethnic_group_recognizer.explain import explain, heatmap_png_data_url, occlusion_heatmap, render_overlay
+from ethnic_group_recognizer.explain import explain, occlusion_heatmap, png_data_url, render_overlay
 from ethnic_group_recognizer.model import Recognizer
+from ethnic_group_recognizer.model_dir import (
+    BackboneInfo,
+    Calibration,
+    ModelMetadata,
+    Provenance,
+    write_model_dir,
+)
 
 SIZE = 32
 
@@ -60,11 +66,28 @@ def corner_model(directory: Path) -> Path:
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(directory / "model.onnx"))
-    (directory / "labels.json").write_text(json.dumps(list(LABELS)))
-    (directory / "metadata.json").write_text(
-        json.dumps(
-            {"name": "corner", "version": "1", "preprocessing": {"image_size": SIZE}, "threshold": 0.5}
-        )
+    write_model_dir(
+        directory,
+        ModelMetadata(
+            labels=LABELS,
+            name="corner",
+            version="1",
+            backbone=BackboneInfo(name="corner-slice", image_size=SIZE, pooling="mean"),
+            calibration=Calibration(temperature=1.0, threshold=0.5, calibrated_on="nothing (a test graph)"),
+            tta=False,
+            training_counts=dict.fromkeys(LABELS, 100),
+            abstain_training_count=0,
+            provenance=Provenance(
+                seed=0,
+                val_fraction=0.2,
+                train_images=0,
+                val_images=0,
+                train_hash="",
+                val_hash="",
+                training_seconds=0.0,
+            ),
+            options={},
+        ),
     )
     return directory
 
@@ -124,9 +147,19 @@ def test_overlay_is_capped_and_keeps_aspect() -> None:
 
 def test_shipped_model_explanation(recognizer: Recognizer) -> None:  # noqa: F811
     image = photo(7)
-    url = heatmap_png_data_url(recognizer, image, grid=4)
+    url = png_data_url(occlusion_heatmap(recognizer, image, grid=4)[1])
     png = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert png.size == image.size
     heatmap, _ = occlusion_heatmap(recognizer, image, grid=4)
     assert heatmap.shape == (4, 4) and np.isfinite(heatmap).all()
     assert np.abs(heatmap).max() > 0  # occluding something changes the answer
+
+
+def test_batch_size_does_not_change_the_explanation(corner: Recognizer) -> None:
+    """The server runs 5 occluded copies per model call; the map must equal the 25-copy one."""
+    small = explain(corner, corner_photo(), grid=4, batch_size=5)
+    default = explain(corner, corner_photo(), grid=4)
+    assert small.label == default.label and small.base_probability == pytest.approx(default.base_probability)
+    np.testing.assert_allclose(small.heatmap, default.heatmap, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        explain(corner, corner_photo(), grid=4, batch_size=0)

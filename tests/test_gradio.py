@@ -7,6 +7,7 @@ those tests skip, saying why, when the optional ``demo`` extra is not installed.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -23,18 +24,20 @@ from fixtures_static.servers import (
     plain_bytes,
     run_server,
 )
+from serve_fixtures import OWN_LABELS, LiveServer, scan_bomb, tiny_model
 from typer.testing import CliRunner
 
 from ethnic_group_recognizer.cli import app as cli_app
 from ethnic_group_recognizer.config import ABSTAIN_TEXT, LABELS
-from ethnic_group_recognizer.demo import (
+from ethnic_group_recognizer.model import LOW_DATA_IMAGES, Prediction, Recognizer
+from ethnic_group_recognizer.serve.app import ServeSettings, create_app
+from ethnic_group_recognizer.serve.gradio.ui import (
     UPLOAD_GRACE_SECONDS,
     discard_upload,
     gradio_label,
     read_upload,
     verdict_markdown,
 )
-from ethnic_group_recognizer.model import LOW_DATA_IMAGES, Prediction, Recognizer
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_DEMO_EXTRA = all(importlib.util.find_spec(name) for name in ("gradio", "gradio_client"))
@@ -70,7 +73,9 @@ def test_abstention_headline_keeps_the_scores() -> None:
     assert value["label"] == ABSTAIN_TEXT
     assert value["confidences"][0] == {"label": "Uzbeks", "confidence": 0.3}
     assert len(value["confidences"]) == 12
-    assert set(value) == {"label", "confidences"}  # exactly Gradio's LabelData
+    # Gradio's LabelData (what a Label shows) plus the prediction set, empty when abstaining.
+    assert set(value) == {"label", "confidences", "prediction_set"}
+    assert value["prediction_set"] == []
 
 
 def test_verdict_flags_low_data_labels() -> None:
@@ -151,13 +156,13 @@ def test_gradio_client_against_the_mounted_ui(
         result = client.predict(handle_file(str(photo)), api_name="/predict")  # type: ignore[attr-defined]
         expected = recognizer.predict(photo)
         assert_label_result(result, expected)
+        assert result["prediction_set"] == expected.prediction_set  # type: ignore[index]
         if expected.abstained:
             assert result["label"] == ABSTAIN_TEXT  # type: ignore[index]
-    # Gradio wrote each upload to its cache; the demo must have removed them shortly after reading.
-    deadline = time.monotonic() + UPLOAD_GRACE_SECONDS + 10
-    while (leftovers := [p for p in gradio_cache.rglob("*") if p.is_file()]) and time.monotonic() < deadline:
-        time.sleep(0.25)
-    assert leftovers == [], f"uploads left on disk: {leftovers}"
+        # Gradio wrote the upload to its cache; the UI deleted it as soon as it read it.
+        leftovers = [p for p in gradio_cache.rglob("*") if p.is_file()]
+        assert leftovers == [], f"uploads left on disk after the answer: {leftovers}"
+    assert UPLOAD_GRACE_SECONDS == 0
 
 
 @needs_demo_extra
@@ -207,3 +212,75 @@ def test_server_without_the_extra_starts_and_says_where_the_ui_would_be(recogniz
     assert legacy.status_code == 200
     assert legacy.json()["data"][0]["label"] == recognizer.predict(image).display_label
     assert "Gradio UI not mounted" in server.output and "/gradio/" in server.output
+
+
+@needs_demo_extra
+def test_a_users_model_titles_the_ui_in_its_own_words(tmp_path: Path) -> None:
+    import gradio as gr
+
+    from ethnic_group_recognizer.serve.gradio.ui import build_demo
+
+    demo = build_demo(Recognizer.load(tiny_model(tmp_path / "model")))
+    texts = " ".join(str(block.value) for block in demo.blocks.values() if isinstance(block, gr.Markdown))
+    assert demo.title == "Recognizer: my costumes"
+    assert all(label in texts for label in OWN_LABELS) and "None of these 3" in texts
+    for word in (*LABELS, "12", "Ethnic Group Recognizer"):
+        assert word not in texts + demo.title, word
+    none = verdict_markdown(Prediction(None, 0.3, dict.fromkeys(OWN_LABELS, 0.3)), {}, 0.5, "None of these 3")
+    assert none.startswith("**None of these 3.**")
+
+
+def test_the_verdict_says_the_prediction_set() -> None:
+    counts = dict.fromkeys(LABELS, 100)
+    two = Prediction(
+        "Kazakhs", 0.6, scores("Kazakhs", 0.6), prediction_set=["Kazakhs", "Tatar people"], coverage=0.9
+    )
+    text = verdict_markdown(two, counts, 0.4)
+    assert "One of: Kazakhs or Tatar people" in text and "90%" in text
+    one = Prediction("Kazakhs", 0.9, scores("Kazakhs", 0.9), prediction_set=["Kazakhs"], coverage=0.9)
+    assert "One of" not in verdict_markdown(one, counts, 0.4)
+    many = Prediction("Kazakhs", 0.5, scores("Kazakhs", 0.5), prediction_set=list(LABELS[:5]), coverage=0.9)
+    assert "Uncertain: one of" in verdict_markdown(many, counts, 0.4)
+
+
+@pytest.fixture(scope="module")
+def strict_server(recognizer: Recognizer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The server in this process, with a short decode deadline, so the test can see its decoders."""
+    if not HAVE_DEMO_EXTRA:
+        pytest.skip(
+            "the optional 'demo' extra (gradio, gradio_client) is not installed: pip install '.[demo]'"
+        )
+    settings = ServeSettings(cors_origins=[], decode_timeout_s=2.0, decode_workers=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("strict-gradio-cache")))
+        server = LiveServer(create_app(settings, recognizer=recognizer)).start()
+        server.gradio_cache = Path(os.environ["GRADIO_TEMP_DIR"])
+        yield server
+        server.stop()
+
+
+@needs_demo_extra
+@pytest.mark.slow
+def test_the_mounted_ui_decodes_in_the_killable_workers(strict_server: LiveServer, tmp_path: Path) -> None:
+    """A costly JPEG sent through the Gradio UI is stopped at the deadline like one sent to the API."""
+    from gradio_client import Client, handle_file
+
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(scan_bomb())  # about 13 s of CPU to decode
+    text = tmp_path / "notes.png"
+    text.write_bytes(b"this is not a photograph at all")
+    decoder = strict_server.app.state.decoder
+    killed_before = len(decoder.killed)
+    client = Client(strict_server.base + "/gradio/", verbose=False)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception, match="longer than 2 s"):
+            client.predict(handle_file(str(bomb)), api_name="/predict")
+        assert time.monotonic() - started < 30
+        assert len(decoder.killed) == killed_before + 1  # the worker was killed, not waited for
+        with pytest.raises(Exception, match="not an image"):
+            client.predict(handle_file(str(text)), api_name="/predict")
+    finally:
+        client.close()
+    # Refused uploads are deleted as soon as they are read, like the others.
+    assert [p for p in strict_server.gradio_cache.rglob("*") if p.is_file()] == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import gc
 import os
 import signal
@@ -360,7 +359,7 @@ def test_other_limits_are_validated_in_the_settings() -> None:
         with pytest.raises(ValueError, match=name):
             ServeSettings(**{name: value})
     defaults = ServeSettings()
-    assert dataclasses.asdict(defaults)["max_upload_bytes"] == 10 * MIB
+    assert defaults.model_dump()["max_upload_bytes"] == 10 * MIB
     assert defaults.upload_memory_bound_bytes == 8 * (4 * 10 + 8) * MIB
 
 
@@ -370,3 +369,29 @@ def test_the_server_leaves_no_onnxruntime_telemetry_on_disk(tmp_path: Path) -> N
         assert httpx.get(server.base + "/readyz", timeout=30).status_code == 200
     written = [str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file()]
     assert not [path for path in written if "Microsoft" in path or "onnxruntime" in path], written
+
+
+def test_every_setting_reads_its_environment_variable_and_a_flag_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One settings class reads EGR_*; ``egr serve`` passes it only the flags actually given."""
+    from ethnic_group_recognizer.cli import app
+
+    monkeypatch.setenv("EGR_MAX_UPLOADS", "3")
+    monkeypatch.setenv("EGR_DECODE_TIMEOUT_S", "4.5")
+    monkeypatch.setenv("EGR_CORS_ORIGINS", "https://a.org")
+    settings = ServeSettings()
+    assert (settings.max_uploads, settings.decode_timeout_s, settings.cors_origins) == (
+        3,
+        4.5,
+        ["https://a.org"],
+    )
+    monkeypatch.setenv("EGR_MAX_UPLOADS", "0")
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2 and "max_uploads must be between 1 and 1024, got 0" in result.output
+    monkeypatch.setenv("EGR_MAX_UPLOADS", "5")
+    result = CliRunner().invoke(app, ["serve", "--max-uploads", "2000"])
+    assert result.exit_code == 2 and "got 2000" in result.output, result.output
+    monkeypatch.setenv("EGR_PORT", "not-a-port")
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2 and "port" in result.output and "Traceback" not in result.output

@@ -56,7 +56,7 @@ def occlusion_heatmap(
 ) -> tuple[np.ndarray, Image.Image]:
     """(heatmap, overlay): per-patch drop in the label's probability, and the map drawn on the photo.
 
-    ``label`` defaults to the top-scoring of the 12 labels (also when the model would abstain).
+    ``label`` defaults to the model's top-scoring label (also when the model would abstain).
     Heatmap values are probability points (positive: the region supports the label).
     """
     heatmap, overlay, _, _ = _occlude(recognizer, image, grid, label, batch_size)
@@ -64,11 +64,19 @@ def occlusion_heatmap(
 
 
 def explain(
-    recognizer: Recognizer, image: Image.Image, grid: int = DEFAULT_GRID, label: str | None = None
+    recognizer: Recognizer,
+    image: Image.Image,
+    grid: int = DEFAULT_GRID,
+    label: str | None = None,
+    batch_size: int = 25,
 ) -> Explanation:
-    """:func:`occlusion_heatmap` plus the explained label, its unoccluded probability and the time taken."""
+    """:func:`occlusion_heatmap` plus the explained label, its unoccluded probability and the time taken.
+
+    ``batch_size`` occluded copies go through the model per call; the server uses a small one,
+    because onnxruntime keeps the memory of the largest batch it ever ran.
+    """
     started = time.perf_counter()
-    heatmap, overlay, name, base = _occlude(recognizer, image, grid, label, 25)
+    heatmap, overlay, name, base = _occlude(recognizer, image, grid, label, batch_size)
     return Explanation(name, heatmap, overlay, base, (time.perf_counter() - started) * 1000)
 
 
@@ -150,10 +158,3 @@ def png_data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def heatmap_png_data_url(
-    recognizer: Recognizer, image: Image.Image, grid: int = DEFAULT_GRID, label: str | None = None
-) -> str:
-    """The overlay of :func:`occlusion_heatmap` as a PNG data URL (what the API returns)."""
-    return png_data_url(occlusion_heatmap(recognizer, image, grid=grid, label=label)[1])

@@ -1,4 +1,9 @@
-"""``egr serve`` and ``egr site build``: thin wrappers over :func:`create_app` and :func:`build_site`."""
+"""``egr serve`` and ``egr site build``: flags to :class:`ServeSettings` and :func:`build_site` calls.
+
+``egr serve`` hands :class:`~ethnic_group_recognizer.serve.settings.ServeSettings` only the
+flags given on the command line; every other setting comes from its ``EGR_*`` environment
+variable or its default there, so the environment is read, and every value checked, in one place.
+"""
 
 from __future__ import annotations
 
@@ -14,20 +19,20 @@ site_app = typer.Typer(no_args_is_help=True, help="The web app as a static site.
 
 
 def serve(
+    ctx: typer.Context,
     model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped model).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     cors_origins: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated origins allowed to call the API ('*': any; default $EGR_CORS_ORIGINS)."
+            help="Comma-separated origins allowed to call the API ('*': any; also $EGR_CORS_ORIGINS)."
         ),
     ] = None,
     max_upload_mb: Annotated[
         float,
         typer.Option(
-            help="Largest accepted image, in MiB (1 MiB = 1,048,576 bytes; above 0, at most 100).",
-            envvar="EGR_MAX_UPLOAD_MB",
+            help="Largest accepted image, in MiB (1 MiB = 1,048,576 bytes; above 0, at most 100; also $EGR_MAX_UPLOAD_MB).",
         ),
     ] = 10.0,
     examples: Annotated[
@@ -52,71 +57,93 @@ def serve(
     ] = True,
     max_uploads: Annotated[
         int,
-        typer.Option(help="Uploads held in memory at once; more wait, then 503.", envvar="EGR_MAX_UPLOADS"),
+        typer.Option(help="Uploads held in memory at once; more wait, then 503."),
     ] = 8,
     upload_wait_s: Annotated[
         float,
-        typer.Option(help="How long an upload waits for a slot before a 503.", envvar="EGR_UPLOAD_WAIT_S"),
+        typer.Option(help="How long an upload waits for a slot before a 503."),
     ] = 2.0,
     body_timeout_s: Annotated[
         float,
-        typer.Option(
-            help="Seconds the whole request body may take to arrive, then 408.", envvar="EGR_BODY_TIMEOUT_S"
-        ),
+        typer.Option(help="Seconds the whole request body may take to arrive, then 408."),
     ] = 30.0,
     decode_timeout_s: Annotated[
         float,
-        typer.Option(help="Seconds one image may take to decode, then 503.", envvar="EGR_DECODE_TIMEOUT_S"),
+        typer.Option(help="Seconds one image may take to decode, then 503."),
     ] = 10.0,
     decode_workers: Annotated[
         int,
-        typer.Option(
-            help="Image-decoding worker processes; 0 = one per core plus two.", envvar="EGR_DECODE_WORKERS"
-        ),
+        typer.Option(help="Image-decoding worker processes; 0 = one per core plus two."),
     ] = 0,
     explain_slots: Annotated[
         int,
-        typer.Option(help="Explanations computed at once; more get 429.", envvar="EGR_EXPLAIN_SLOTS"),
+        typer.Option(help="Explanations computed at once; more get 429."),
     ] = 1,
-    max_parts: Annotated[
-        int, typer.Option(help="Most parts in a multipart body, then 422.", envvar="EGR_MAX_PARTS")
-    ] = 16,
+    max_parts: Annotated[int, typer.Option(help="Most parts in a multipart body, then 422.")] = 16,
 ) -> None:
-    """Serve the API (/api/v1, /docs) and the web app (/) with uvicorn."""
+    """Serve the API (/api/v1, /docs), the web app (/) and the Gradio UI (/gradio) with uvicorn.
+
+    Every setting can also come from an EGR_* variable (EGR_MAX_UPLOAD_MB, EGR_CORS_ORIGINS, ...); a flag wins.
+    """
     import uvicorn
+    from pydantic import ValidationError
 
-    from ethnic_group_recognizer.serve.app import ServeSettings, create_app, parse_origins
+    from ethnic_group_recognizer.serve.app import create_app
+    from ethnic_group_recognizer.serve.settings import ServeSettings, settings_error_lines
 
+    flags = {
+        "model_dir": model,
+        "host": host,
+        "port": port,
+        "cors_origins": cors_origins,
+        "max_upload_mb": max_upload_mb,
+        "examples_dir": examples,
+        "batching": batching,
+        "max_batch_size": max_batch_size,
+        "batch_wait_ms": batch_wait_ms,
+        "batch_concurrency": batch_concurrency,
+        "threads": threads,
+        "onnx_threads": onnx_threads,
+        "max_uploads": max_uploads,
+        "upload_wait_s": upload_wait_s,
+        "body_timeout_s": body_timeout_s,
+        "decode_timeout_s": decode_timeout_s,
+        "decode_workers": decode_workers,
+        "explain_slots": explain_slots,
+        "max_parts": max_parts,
+    }
+    names = {"model_dir": "model", "examples_dir": "examples"}
+    given = _given_on_command_line(ctx)
     try:
         settings = ServeSettings(
-            model_dir=model,
-            host=host,
-            port=port,
-            max_upload_mb=max_upload_mb,
-            examples_dir=examples,
-            batching=batching,
-            max_batch_size=max_batch_size,
-            batch_wait_ms=batch_wait_ms,
-            batch_concurrency=batch_concurrency,
-            threads=threads,
-            onnx_threads=onnx_threads,
-            max_uploads=max_uploads,
-            upload_wait_s=upload_wait_s,
-            body_timeout_s=body_timeout_s,
-            decode_timeout_s=decode_timeout_s,
-            decode_workers=decode_workers,
-            explain_slots=explain_slots,
-            max_parts=max_parts,
-            **({"cors_origins": parse_origins(cors_origins)} if cors_origins is not None else {}),
+            **{
+                key: value
+                for key, value in flags.items()
+                if value is not None and names.get(key, key) in given
+            }
         )
+    except ValidationError as error:
+        _fail("; ".join(settings_error_lines(error)))
+    try:
         app = create_app(settings)
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     stderr.print(
-        f"serving {app.state.recognizer.name} {app.state.recognizer.version} on http://{host}:{port}/"
+        f"serving {app.state.recognizer.name} {app.state.recognizer.version} "
+        f"on http://{settings.host}:{settings.port}/"
     )
     # Access log lines carry method, path and status only; request bodies are never logged.
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=access_log)
+
+
+def _given_on_command_line(ctx: typer.Context) -> set[str]:
+    """Names of the parameters given as flags, not left at their default (nor taken from a default map)."""
+    given = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.add(name)
+    return given
 
 
 @site_app.command("build")

@@ -7,10 +7,11 @@ never name a path outside the folder.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from ethnic_group_recognizer.config import ABSTAIN_LABEL, LABELS
+from ethnic_group_recognizer.config import ABSTAIN_LABEL
 from ethnic_group_recognizer.images import is_image_path
 
 #: At most this many photos are listed, so a huge folder cannot make a huge page.
@@ -29,7 +30,7 @@ _MEDIA_TYPES = {
 
 @dataclass(frozen=True)
 class Example:
-    """One gallery photo: the label of its folder (None if not one of the 12) and its file."""
+    """One gallery photo: the label of its folder (None if not one of the model's labels) and its file."""
 
     id: int
     path: Path
@@ -43,21 +44,22 @@ class Example:
         return {"id": self.id, "name": self.path.name, "label": self.label, "url": f"{base_url}/{self.id}"}
 
 
-def _label_of(path: Path, root: Path) -> str | None:
+def _label_of(path: Path, root: Path, labels: Collection[str]) -> str | None:
     for part in path.relative_to(root).parts[:-1]:
-        if part in LABELS:
+        if part in labels:
             return part
         if part == ABSTAIN_LABEL:
             return None
     return None
 
 
-def scan_examples(root: Path | None, limit: int = MAX_EXAMPLES) -> list[Example]:
-    """The image files under ``root`` (sorted, at most ``limit``); empty when there is no folder."""
+def scan_examples(root: Path | None, labels: Collection[str], limit: int = MAX_EXAMPLES) -> list[Example]:
+    """The image files under ``root`` (sorted, at most ``limit``), each with the model's label of
+    its folder; empty when there is no folder."""
     if root is None:
         return []
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"examples folder not found: {root}")
     files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_path(p))[:limit]
-    return [Example(i, path, _label_of(path, root)) for i, path in enumerate(files)]
+    return [Example(i, path, _label_of(path, root, set(labels))) for i, path in enumerate(files)]

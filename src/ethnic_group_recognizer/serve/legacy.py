@@ -4,8 +4,8 @@ The project this product follows was a Gradio 3 Space whose static web page POST
 ``{"data": ["data:image/...;base64,..."]}`` to ``/run/predict`` and printed
 ``json.data[0].label``. These routes answer that request the way the Space did, so an old
 client changes nothing but the host. Differences are additive only: an abstention is the
-readable :data:`~ethnic_group_recognizer.config.ABSTAIN_TEXT` (the old page would print
-``null`` otherwise), and extra keys flag abstention and low-data classes.
+model's readable "none of these" text (the old page would print ``null`` otherwise), and extra
+keys flag abstention and low-data classes and give the prediction set.
 
 Images are decoded in memory and never written or logged.
 """
@@ -15,12 +15,22 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response
 
-from ethnic_group_recognizer.model import Prediction
+from ethnic_group_recognizer.serve.core import (
+    RecognizerDep,
+    decode_upload,
+    gradio3_payload,
+    model_texts,
+    predict_image,
+    run_blocking,
+)
 from ethnic_group_recognizer.serve.errors import APIError, decode_data_url
 from ethnic_group_recognizer.serve.payload import body_limit, parse_json, read_limited
+from ethnic_group_recognizer.serve.schemas import Gradio3Out
+
+#: The Gradio Label JSON of one prediction (one builder for ``/run/predict`` and the Gradio UI).
+label_payload = gradio3_payload
 
 #: Routes Gradio 3 answered for an Interface's default endpoint; both spellings, with and without "/".
 LEGACY_PATHS: tuple[str, ...] = ("/run/predict", "/api/predict")
@@ -56,28 +66,14 @@ _RESPONSE_EXAMPLE: dict[str, Any] = {
             ],
             "abstained": False,
             "low_data": False,
+            "prediction_set": ["Kazakhs"],
+            "coverage": 0.9,
         }
     ],
     "is_generating": False,
     "duration": 0.05,
     "average_duration": 0.05,
 }
-
-
-def label_payload(prediction: Prediction, low_data: frozenset[str] | set[str] = frozenset()) -> dict:
-    """Gradio's Label JSON for one prediction: never-null ``label``, all 12 scores high to low.
-
-    ``abstained`` and the ``low_data`` flags are additions a Gradio 3 client simply ignores.
-    """
-    return {
-        "label": prediction.display_label,
-        "confidences": [
-            {"label": label, "confidence": round(p, 6), "low_data": label in low_data}
-            for label, p in prediction.ranked()
-        ],
-        "abstained": prediction.abstained,
-        "low_data": prediction.label in low_data,
-    }
 
 
 def parse_legacy_body(body: bytes | bytearray) -> str:
@@ -107,21 +103,33 @@ def legacy_image_bytes(body: bytes | bytearray, max_bytes: int) -> bytes:
     return decode_data_url(parse_legacy_body(body), max_bytes)
 
 
-def install_legacy_routes(app: FastAPI) -> None:
-    """Add ``POST /run/predict`` and ``POST /api/predict`` (with or without a trailing slash).
+class _Timing:
+    """Gradio's ``average_duration``: the mean time of the calls answered so far."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.calls = 0
+
+    def add(self, duration: float) -> float:
+        self.total += duration
+        self.calls += 1
+        return self.total / self.calls
+
+
+def legacy_router() -> APIRouter:
+    """``POST /run/predict`` and ``POST /api/predict`` (with or without a trailing slash).
 
     Needs what :func:`~ethnic_group_recognizer.serve.app.create_app` sets up: the recognizer,
     settings, thread pool and error handlers (errors come back in the product's JSON shape).
     """
-    from ethnic_group_recognizer.serve.app import decode_upload, predict_image, run_blocking
+    router = APIRouter(tags=["gradio-compatible"])
+    timing = _Timing()
 
-    timing = {"total": 0.0, "calls": 0}  # for Gradio's average_duration
-
-    async def legacy_predict(request: Request) -> JSONResponse:
+    async def legacy_predict(request: Request, response: Response, recognizer: RecognizerDep) -> dict:
         """Classify one image sent as a Gradio 3 Interface call; reply the way Gradio 3 did."""
         started = time.perf_counter()
+        app = request.app
         max_bytes = app.state.settings.max_upload_bytes
-        recognizer = app.state.recognizer
         async with app.state.upload_slots.hold():
             body = await read_limited(request, body_limit(max_bytes))
             data = await run_blocking(app, legacy_image_bytes, body, max_bytes)
@@ -130,28 +138,25 @@ def install_legacy_routes(app: FastAPI) -> None:
             del data
             prediction = await predict_image(app, image)
         duration = time.perf_counter() - started
-        timing["total"] += duration
-        timing["calls"] += 1
         low_data = frozenset(recognizer.low_data_labels())
-        return JSONResponse(
-            {
-                "data": [label_payload(prediction, low_data)],
-                "is_generating": False,
-                "duration": duration,
-                "average_duration": timing["total"] / timing["calls"],
-            },
-            headers={"Cache-Control": "no-store"},
-        )
+        answer = gradio3_payload(prediction, low_data, model_texts(recognizer).abstain_text)
+        response.headers["Cache-Control"] = "no-store"
+        return {
+            "data": [answer],
+            "is_generating": False,
+            "duration": duration,
+            "average_duration": timing.add(duration),
+        }
 
     for index, path in enumerate(LEGACY_PATHS):
         for variant in (path, path + "/"):
-            app.add_api_route(
+            router.add_api_route(
                 variant,
                 legacy_predict,
                 methods=["POST"],
+                response_model=Gradio3Out,
                 name=f"legacy_predict_{index}{'_slash' if variant.endswith('/') else ''}",
                 summary="Gradio 3 compatible prediction (drop-in for the original Space)",
-                tags=["gradio-compatible"],
                 include_in_schema=not variant.endswith("/"),
                 openapi_extra={"requestBody": _REQUEST_SCHEMA},
                 responses={
@@ -164,3 +169,4 @@ def install_legacy_routes(app: FastAPI) -> None:
                     503: {"description": "too many uploads at once, or decoding passed its deadline"},
                 },
             )
+    return router

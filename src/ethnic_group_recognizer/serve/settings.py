@@ -1,24 +1,41 @@
-"""``ServeSettings``: everything ``egr serve`` can be told, validated in this one place.
+"""``ServeSettings``: everything ``egr serve`` can be told, read from ``EGR_*`` and validated here only.
 
-Each limit has a default here, a flag and an ``EGR_*`` environment variable in ``serve/cli.py``,
-and a line in docs/SERVING.md ("Limits and hardening") saying what a client sees when it is hit.
+One pydantic-settings class: each field has a default, an ``EGR_<FIELD>`` environment variable
+(``EGR_MAX_UPLOAD_MB``, ``EGR_CORS_ORIGINS``, ...), a flag in ``serve/cli.py`` (a flag wins over
+the environment) and, for the limits, a line in docs/SERVING.md ("Limits and hardening") saying
+what a client sees when it is hit. Impossible values raise a ``ValueError`` (pydantic's
+``ValidationError``) whose lines :func:`settings_error_lines` turns into plain sentences.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ethnic_group_recognizer.serve.errors import DEFAULT_MAX_UPLOAD_BYTES
 from ethnic_group_recognizer.serve.payload import DEFAULT_MAX_PARTS
 
-CORS_ENV = "EGR_CORS_ORIGINS"
+ENV_PREFIX = "EGR_"
+CORS_ENV = f"{ENV_PREFIX}CORS_ORIGINS"
 MIB = 1024 * 1024
 #: The largest upload limit the server accepts: a photo needs a few MiB, and every upload slot
 #: may hold about four times this much memory.
 MAX_UPLOAD_MB_CEILING = 100
+#: (field, lowest, highest) for the limits that are plain ranges.
+_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("max_uploads", 1, 1024),
+    ("upload_wait_s", 0, 600),
+    ("body_timeout_s", 0.1, 3600),
+    ("decode_timeout_s", 0.1, 600),
+    ("decode_workers", 0, 256),
+    ("explain_slots", 1, 64),
+    ("max_parts", 1, 1000),
+)
 
 
 def parse_origins(text: str | None) -> list[str]:
@@ -30,18 +47,33 @@ def cors_origins_from_env() -> list[str]:
     return parse_origins(os.environ.get(CORS_ENV))
 
 
-@dataclass
-class ServeSettings:
+def upload_bytes_from_mb(megabytes: object) -> int:
+    """The upload limit in bytes from MiB; a clear ValueError for inf, nan, <= 0 or over the ceiling."""
+    try:
+        value = float(megabytes)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"--max-upload-mb must be a number of MiB, got {megabytes!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_UPLOAD_MB_CEILING):
+        raise ValueError(
+            f"--max-upload-mb must be a number of MiB above 0 and at most {MAX_UPLOAD_MB_CEILING}, got {megabytes!r}"
+        )
+    return max(1, int(value * MIB))
+
+
+class ServeSettings(BaseSettings):
     """Everything ``egr serve`` can be told; defaults are the ones ``make serve`` uses."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", protected_namespaces=())
 
     model_dir: Path | None = None  # None: the model shipped inside the package
     host: str = "127.0.0.1"
     port: int = 8000
-    #: Origins allowed to call the API from a page on another host (``*``: any); also ``$EGR_CORS_ORIGINS``.
-    cors_origins: list[str] = field(default_factory=cors_origins_from_env)
+    #: Origins allowed to call the API from a page on another host (``*``: any); ``$EGR_CORS_ORIGINS``
+    #: is a comma-separated list.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     #: The same limit in MiB (``--max-upload-mb``, ``$EGR_MAX_UPLOAD_MB``); when given it sets
-    #: ``max_upload_bytes``. Validated here and nowhere else: a finite number, above 0, at most 100.
+    #: ``max_upload_bytes``: a finite number, above 0, at most 100.
     max_upload_mb: float | None = None
     examples_dir: Path | None = None
     #: Off by default: on CPU a batch costs the same CPU per photo as single calls (measured in
@@ -74,7 +106,19 @@ class ServeSettings:
     #: Most parts in a multipart body (the form needs one).
     max_parts: int = DEFAULT_MAX_PARTS
 
-    def __post_init__(self) -> None:
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        """A comma-separated string (as ``$EGR_CORS_ORIGINS`` gives it) or a list, trimmed."""
+        if isinstance(value, str):
+            return parse_origins(value)
+        if isinstance(value, list | tuple):
+            return [str(origin).strip().rstrip("/") for origin in value if str(origin).strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeSettings:
+        """Every cross-field and range check, with one sentence naming the setting."""
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0-65535, got {self.port}")
         if self.max_upload_mb is not None:
@@ -83,18 +127,10 @@ class ServeSettings:
             raise ValueError(
                 f"max_upload_bytes must be 1 to {MAX_UPLOAD_MB_CEILING * MIB:,}, got {self.max_upload_bytes}"
             )
-        for name, low, high in (
-            ("max_uploads", 1, 1024),
-            ("upload_wait_s", 0, 600),
-            ("body_timeout_s", 0.1, 3600),
-            ("decode_timeout_s", 0.1, 600),
-            ("decode_workers", 0, 256),
-            ("explain_slots", 1, 64),
-            ("max_parts", 1, 1000),
-        ):
+        for name, low, high in _RANGES:
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
-                raise ValueError(f"{name} must be between {low} and {high}, got {value!r}")
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if not 0 <= self.batch_wait_ms <= 1000:
@@ -105,10 +141,12 @@ class ServeSettings:
             raise ValueError("onnx_threads must be 0 (one per core) or more")
         if self.threads < 0:
             raise ValueError("threads must be 0 (one per core) or more")
-        self.cors_origins = list(self.cors_origins)
+        if not 2 <= self.explain_grid <= 16:
+            raise ValueError(f"explain_grid must be between 2 and 16, got {self.explain_grid}")
         for origin in self.cors_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"CORS origin must be '*' or start with http:// or https://, got {origin!r}")
+        return self
 
     @property
     def upload_memory_bound_bytes(self) -> int:
@@ -133,14 +171,11 @@ class ServeSettings:
             return os.cpu_count() or 1
 
 
-def upload_bytes_from_mb(megabytes: object) -> int:
-    """The upload limit in bytes from MiB; a clear ValueError for inf, nan, <= 0 or over the ceiling."""
-    try:
-        value = float(megabytes)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"--max-upload-mb must be a number of MiB, got {megabytes!r}") from None
-    if not (math.isfinite(value) and 0 < value <= MAX_UPLOAD_MB_CEILING):
-        raise ValueError(
-            f"--max-upload-mb must be a number of MiB above 0 and at most {MAX_UPLOAD_MB_CEILING}, got {megabytes!r}"
-        )
-    return max(1, int(value * MIB))
+def settings_error_lines(error: ValidationError) -> list[str]:
+    """Plain sentences for a refused setting, without pydantic's framing ("Value error, ...")."""
+    lines = []
+    for item in error.errors():
+        message = str(item.get("msg", "")).removeprefix("Value error, ")
+        where = ".".join(str(part) for part in item.get("loc", ()))
+        lines.append(f"{where}: {message}" if where else message)
+    return lines
