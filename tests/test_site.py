@@ -122,3 +122,11 @@ def test_scripts_and_styles_load_nothing_external() -> None:
             text = path.read_text(encoding="utf-8")
             assert not re.search(r"(@import|url\()\s*['\"]?(https?:)?//", text), path
             assert not re.search(r"['\"`]https?://(?!\\/)", text.replace("https?:\\/\\/", "")), path
+
+
+def test_api_site_leaves_out_the_review_tool(tmp_path: Path) -> None:
+    """The dataset review page needs a local server and a dataset: it never goes into a public site."""
+    assert (WEB_DIR / "review").is_dir()
+    build_site("https://api.example.org", tmp_path / "site")
+    assert not (tmp_path / "site" / "review").exists()
+    assert not [p for p in (tmp_path / "site").rglob("*") if "review" in p.relative_to(tmp_path / "site").parts]

@@ -111,7 +111,7 @@ def _web_files(web_dir: Path) -> list[tuple[str, Path]]:
         relative = source.relative_to(web_dir)
         if not source.is_file() or source.name.startswith(".") or "__pycache__" in source.parts:
             continue
-        if relative.parts[0] == IN_BROWSER_DIR:
+        if relative.parts[0] == IN_BROWSER_DIR or relative.parts[0] in SERVER_ONLY_DIRS:
             continue
         files.append((relative.as_posix(), source))
     return files
