@@ -5,6 +5,9 @@
 Trains each probe variant (seconds each once embeddings are cached), evaluates it on the same
 held-out split (seed 0, 20 %, near-duplicates kept on one side) and prints a Markdown table.
 Fine-tuned model directories (from ``egr train --mode finetune``) can be added to the table.
+Prediction-set columns: coverage of the 0.9 sets over all in-domain photos (an abstention is a
+miss) and over the answered ones, their mean size, and the share of other-culture photos given
+the empty set (docs/PREDICTION_SETS.md).
 """
 
 from __future__ import annotations
@@ -28,6 +31,16 @@ VARIANTS: dict[str, tuple[TrainOptions, Config]] = {
     "lite0 320 px GeM + prototypes + augmentation, no TTA": (TrainOptions(tta=False), Config()),
     "lite0 320 px GeM + prototypes + augmentation + TTA (default)": (TrainOptions(), Config()),
     "lite2 372 px GeM + prototypes + augmentation + TTA": (TrainOptions(), Config(backbone="lite2")),
+    # The same default recipe with the abstain rule and set calibration of before (issue 13).
+    "default, top-label abstain rule (before prediction sets)": (
+        TrainOptions(abstain_rule="top-label"),
+        Config(),
+    ),
+    "default, sets without Mondrian (marginal quantile only)": (TrainOptions(mondrian=False), Config()),
+    "default, top-label abstain rule, sets without Mondrian": (
+        TrainOptions(abstain_rule="top-label", mondrian=False),
+        Config(),
+    ),
 }
 SMALL = ("Naga people", "Tripuri people", "Chakma people")
 
@@ -36,11 +49,18 @@ def row(name: str, metrics: dict) -> str:
     small = [metrics["per_class"][label] for label in SMALL if label in metrics["per_class"]]
     small_hits = sum(round(m["recall"] * m["support"]) for m in small)
     small_total = sum(m["support"] for m in small)
+    sets = metrics.get("prediction_sets") or {}
     return (
         f"| {name} | {metrics['accuracy']:.3f} | {metrics['accuracy_with_abstention']:.3f} | "
         f"{metrics['coverage']:.2f} / {metrics['selective_accuracy'] or 0:.3f} | {metrics['other_abstained']:.3f} | "
+        f"{_number(sets.get('coverage'))} / {_number(sets.get('answered_coverage'))} | "
+        f"{_number(sets.get('mean_set_size'), 2)} | {_number(sets.get('other_empty_set'))} | "
         f"{small_hits}/{small_total} | {metrics['ece']:.3f} |"
     )
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def main() -> None:
@@ -50,10 +70,11 @@ def main() -> None:
     args = parser.parse_args()
     dataset = shared_dataset()
     print(
-        "| recipe | top-1 accuracy (in-domain) | correct with abstention | coverage / accuracy answered "
-        "| other cultures abstained | Naga+Tripuri+Chakma held-out hits | ECE |"
+        "| recipe | top-1 accuracy (in-domain) | correct with abstention | answered / accuracy answered "
+        "| other cultures abstained | set coverage at 0.9, all in-domain / answered | mean set size "
+        "| other cultures given the empty set | Naga+Tripuri+Chakma held-out hits | ECE |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for name, (options, config) in VARIANTS.items():
             if args.only and not any(s in name for s in args.only):

@@ -74,7 +74,7 @@ def test_feature_recipe_overrides_reach_the_cache_names():
     assert (default.image_size, default.pooling, default.native_size) == (320, "gem", 224)
     old = spec_for("lite0", Config(feature_size=224, feature_pooling="mean"))
     assert old.tag != default.tag and "224px-mean" in old.tag
-    with pytest.raises(ValueError, match="unknown pooling"):
+    with pytest.raises(ValueError, match="pooling must be .mean. or .gem."):
         spec_for("lite0", Config(feature_pooling="max"))
 
 

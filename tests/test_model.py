@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -91,9 +93,6 @@ def test_predict_rejects_bad_input_clearly(tmp_path):
 
 def test_prediction_needs_only_onnxruntime_numpy_and_pillow():
     """Serving and predicting must not pull in torch, the weight packages, onnx or scikit-learn."""
-    import subprocess
-    import sys
-
     code = (
         "import sys\n"
         "from PIL import Image\n"
@@ -105,3 +104,20 @@ def test_prediction_needs_only_onnxruntime_numpy_and_pillow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_no_telemetry_is_written_under_home(tmp_path):
+    """onnxruntime writes a device id under ~/.cache at import unless told not to; egr must not."""
+    home = tmp_path / "home"
+    home.mkdir()
+    code = (
+        "from PIL import Image\n"
+        "from ethnic_group_recognizer import Recognizer\n"
+        "Recognizer.load().predict(Image.new('RGB', (64, 64), 'red'))\n"
+    )
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "EGR_CACHE_DIR": str(tmp_path / "egr-cache")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert [p.relative_to(home) for p in home.rglob("*")] == []

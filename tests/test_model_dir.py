@@ -120,11 +120,18 @@ def test_metrics_stored_by_evaluate_round_trip(trained_model, tmp_path):
 # -- folders refused at load -------------------------------------------------------------------
 def _drop_label(data: dict, label: str) -> dict:
     data["training_counts"].pop(label)
-    return data
+    return _without_sets(data)
 
 
-def _add_label(data: dict, label: str) -> dict:
+def _add_label(data: dict, label: str, keep_sets: bool = False) -> dict:
     data["training_counts"][label] = 5
+    return data if keep_sets else _without_sets(data)
+
+
+def _without_sets(data: dict) -> dict:
+    """The metadata without its prediction-set calibration (so the graph check is what refuses)."""
+    data.pop("conformal", None)
+    data.pop("conformal_curve", None)
     return data
 
 
@@ -211,6 +218,13 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
             edit_json(f / "metadata.json", lambda d: _add_label(d, "Yi people")),
         ),
         "the graph has 13 outputs but labels.json lists 13 labels",
+    ),
+    "sets calibrated for other labels": (
+        lambda f: (
+            edit_json(f / "labels.json", lambda labels: [*labels, "Yi people"]),
+            edit_json(f / "metadata.json", lambda d: _add_label(d, "Yi people", keep_sets=True)),
+        ),
+        "conformal: calibrated for 12 labels, labels.json lists 13",
     ),
     "labels and counts disagree": (
         lambda f: edit_json(f / "labels.json", lambda labels: [*labels[:-1], "Yi people"]),

@@ -18,6 +18,8 @@ import numpy as np
 
 from ethnic_group_recognizer.calibrate import abstain_decisions
 from ethnic_group_recognizer.config import ABSTAIN_LABEL, ABSTAIN_TEXT, Config
+from ethnic_group_recognizer.conformal import coverage_curve as set_coverage_curve
+from ethnic_group_recognizer.conformal import set_metrics
 from ethnic_group_recognizer.dataset import Dataset, Record
 from ethnic_group_recognizer.images import ImageError, load_image
 from ethnic_group_recognizer.model import LOW_DATA_IMAGES, Recognizer
@@ -80,6 +82,7 @@ def _plots(
     col_names: list[str],
     reliability: list,
     coverage: list,
+    set_curve: list,
 ) -> None:
     import matplotlib
 
@@ -134,6 +137,20 @@ def _plots(
     (out / "coverage.png").write_bytes(_figure_png(fig))
     plt.close(fig)
 
+    if set_curve:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        points = [c for c in set_curve if c["mean_set_size"] is not None]
+        for key, name in (("answered_coverage", "answered photos"), ("coverage", "all in-domain photos")):
+            ax.plot([c["mean_set_size"] for c in points], [c[key] for c in points], "o-", label=name)
+        for c in points:
+            ax.annotate(f"{c['target']:.2f}", (c["mean_set_size"], c["answered_coverage"]), fontsize=7)
+        ax.set_xlabel("mean prediction-set size (answered photos)")
+        ax.set_ylabel("empirical coverage (held-out)")
+        ax.set_title("Prediction sets: coverage vs set size\n(labels: target coverage)")
+        ax.legend(loc="lower right")
+        (out / "set_coverage.png").write_bytes(_figure_png(fig))
+        plt.close(fig)
+
 
 def _thumbnail(path: Path) -> str:
     try:
@@ -175,7 +192,8 @@ def evaluate(
         images = [load_image(dataset.abspath(r), config) for r in records[start : start + step]]
         rows.append(recognizer.probabilities(images))
     probabilities = np.concatenate(rows)
-    decided = abstain_decisions(probabilities, len(labels), recognizer.threshold)
+    rule = recognizer.abstain_rule
+    decided = abstain_decisions(probabilities, len(labels), recognizer.threshold, rule)
     top = probabilities[:, : len(labels)].argmax(axis=1)
     confidence = probabilities[np.arange(len(top)), top]
     in_domain = targets < abstain
@@ -203,7 +221,8 @@ def evaluate(
     ece, reliability = expected_calibration_error(confidence[in_domain], top[in_domain] == targets[in_domain])
     coverage = []
     for threshold in np.linspace(0, 0.95, 39):
-        d = abstain_decisions(probabilities, len(labels), threshold)[in_domain]
+        all_decided = abstain_decisions(probabilities, len(labels), threshold, rule)
+        d = all_decided[in_domain]
         kept = d >= 0
         coverage.append(
             {
@@ -212,11 +231,7 @@ def evaluate(
                 "selective_accuracy": float((d[kept] == targets[in_domain][kept]).mean())
                 if kept.any()
                 else 1.0,
-                "other_abstained": float(
-                    (abstain_decisions(probabilities, len(labels), threshold)[~in_domain] == -1).mean()
-                )
-                if n_other
-                else None,
+                "other_abstained": float((all_decided[~in_domain] == -1).mean()) if n_other else None,
             }
         )
     col_names = [*labels, ABSTAIN_TEXT]
@@ -245,10 +260,12 @@ def evaluate(
         "reliability_bins": reliability,
         "coverage_curve": coverage,
         "labels_not_in_model": unknown,
+        "abstain_rule": rule,
+        **_set_metrics(recognizer, probabilities, targets),
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _plots(out, confusion, row_names, col_names, reliability, coverage)
+    _plots(out, confusion, row_names, col_names, reliability, coverage, metrics["set_coverage_curve"])
     (out / "metrics.json").write_text(
         json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
@@ -268,10 +285,34 @@ def evaluate(
     card = model_card(recognizer, metrics)
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     if update_model:
-        stored = {k: v for k, v in metrics.items() if k not in ("reliability_bins", "coverage_curve")}
+        bulky = ("reliability_bins", "coverage_curve", "set_coverage_curve")
+        stored = {k: v for k, v in metrics.items() if k not in bulky}
         write_model_dir(model_dir, recognizer.model_dir.metadata.with_metrics(stored))
         (model_dir / CARD_FILE).write_text(card, encoding="utf-8")
     return metrics
+
+
+#: Target coverages of the coverage-versus-set-size curve (each re-calibrated on the model's own data).
+CURVE_TARGETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+
+
+def _set_metrics(recognizer: Recognizer, probabilities: np.ndarray, targets: np.ndarray) -> dict:
+    """Held-out coverage and size of the model's prediction sets, and the coverage-vs-size curve.
+
+    The curve's points are the sets calibrated at training time at other target coverages (on the
+    same out-of-fold predictions, ``metadata.conformal_curve``), applied to the held-out photos:
+    calibrating them here would calibrate on the test split.
+    """
+    index = {label: i for i, label in enumerate(recognizer.labels)}
+    predictions = recognizer.decide_rows(probabilities)
+    sets = [[index[label] for label in p.prediction_set] for p in predictions]
+    result = set_metrics(sets, targets, len(recognizer.labels), recognizer.labels)
+    curve_calibrations = recognizer.model_dir.metadata.conformal_curve
+    curve = set_coverage_curve(probabilities, targets, curve_calibrations) if curve_calibrations else []
+    return {
+        "prediction_sets": {"target_coverage": recognizer.coverage, **result},
+        "set_coverage_curve": curve,
+    }
 
 
 def _pct(value: float | None) -> str:
@@ -296,12 +337,88 @@ img{{max-width:160px}}</style></head><body>
 accuracy of answered photos {_pct(metrics["selective_accuracy"])}</li>
 <li>Photos of other cultures abstained: {_pct(metrics["other_abstained"])}</li>
 <li>Expected calibration error: {metrics["ece"]:.3f}</li></ul>
+{_sets_html(metrics)}
 <h2>Per class</h2><table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th><th>training images</th></tr>{rows}</table>
 <h2>Confusion matrix</h2><img style="max-width:100%" src="confusion_matrix.png" alt="Confusion matrix of true versus predicted labels">
 <h2>Calibration</h2><img style="max-width:45%" src="reliability.png" alt="Reliability diagram">
 <img style="max-width:45%" src="coverage.png" alt="Coverage versus accuracy curve">
 <h2>Top losses</h2><p>The held-out photos the model was most confidently wrong about; check them for label noise.</p>
 {"".join(cards)}</body></html>
+"""
+
+
+def _size(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _sets_html(metrics: dict) -> str:
+    """The prediction-set section of report.html: overall, by set size, per class, and the curve."""
+    sets = metrics.get("prediction_sets") or {}
+    if sets.get("target_coverage") is None:
+        return "<h2>Prediction sets</h2><p>This model has no prediction-set calibration (trained before them).</p>"
+    by_size = "".join(
+        f"<tr><td>{html.escape(size)}</td><td>{b['images']}</td><td>{_pct(b['share'])}</td><td>{_pct(b['coverage'])}</td></tr>"
+        for size, b in sets["by_set_size"].items()
+    )
+    by_class = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>{c['images']}</td><td>{_pct(c['coverage'])}</td>"
+        f"<td>{_pct(c['answered_coverage'])}</td><td>{_size(c['mean_set_size'])}</td></tr>"
+        for label, c in sets["by_class"].items()
+    )
+    curve = (
+        '<img style="max-width:45%" src="set_coverage.png" alt="Coverage versus mean prediction-set size">'
+        if metrics.get("set_coverage_curve")
+        else ""
+    )
+    return f"""<h2>Prediction sets (target coverage {sets["target_coverage"]:.0%}, abstain rule {html.escape(metrics["abstain_rule"])})</h2>
+<ul><li>Coverage of all in-domain photos (an abstention counts as a miss): {_pct(sets["coverage"])}</li>
+<li>Answered {_pct(sets["answered"])} of in-domain photos; coverage of the answered ones {_pct(sets["answered_coverage"])},
+mean set size {_size(sets["mean_set_size"])}</li>
+<li>Photos of other cultures given the empty set: {_pct(sets["other_empty_set"])}</li></ul>
+<p>The guarantee is marginal, for photos exchangeable with the calibration photos; see docs/PREDICTION_SETS.md.</p>
+<table><tr><th>set size</th><th>photos</th><th>share</th><th>coverage</th></tr>{by_size}</table>
+<table><tr><th>label</th><th>photos</th><th>coverage</th><th>coverage answered</th><th>mean size</th></tr>{by_class}</table>
+{curve}
+"""
+
+
+def _sets_card(metrics: dict) -> str:
+    """The model card's prediction-set section."""
+    sets = metrics.get("prediction_sets") or {}
+    if sets.get("target_coverage") is None:
+        return "This model has no prediction-set calibration: it answers with its top label alone."
+    sizes = ", ".join(
+        f"{size}: {_pct(b['share'])} (coverage {_pct(b['coverage'])})"
+        for size, b in sets["by_set_size"].items()
+    )
+    rows = "\n".join(
+        f"| {label} | {c['images']} | {_pct(c['coverage'])} | {_pct(c['answered_coverage'])} | {_size(c['mean_set_size'])} |"
+        for label, c in sets["by_class"].items()
+        if c["images"]
+    )
+    curve = "; ".join(
+        f"{p['target']:.0%} → {_pct(p['answered_coverage'])} at size {_size(p['mean_set_size'])}"
+        for p in metrics.get("set_coverage_curve", [])
+    )
+    return f"""Split-conformal APS sets (docs/PREDICTION_SETS.md), target coverage {sets["target_coverage"]:.0%},
+calibrated on the out-of-fold predictions of the training split; measured here on the held-out split.
+The guarantee is marginal and assumes new photos exchangeable with the calibration photos
+(shop and stage costumes); it does not hold under domain shift (real-life photos).
+
+| metric | value |
+| --- | --- |
+| coverage of all in-domain photos (abstaining counts as a miss) | {_pct(sets["coverage"])} |
+| in-domain photos answered / coverage of those | {_pct(sets["answered"])} / {_pct(sets["answered_coverage"])} |
+| mean set size (answered photos) | {_size(sets["mean_set_size"])} |
+| photos of other cultures given the empty set | {_pct(sets["other_empty_set"])} |
+
+By set size (share of in-domain photos): {sizes or "n/a"}.
+
+Coverage of answered photos vs mean set size, by target coverage: {curve or "n/a"}.
+
+| label | held-out photos | coverage | coverage of answered | mean set size |
+| --- | --- | --- | --- | --- |
+{rows}
 """
 
 
@@ -325,9 +442,16 @@ def _sources_section() -> str:
 def _threshold_rule(meta: ModelMetadata) -> str:
     """How the threshold was chosen, for the model card."""
     calibration = meta.calibration
+    score = (
+        "the best label's share of best label + P(none of these)"
+        if calibration.abstain_rule == "in-scope-share"
+        else "the best label's probability"
+    )
     if calibration.policy == "other-target":
-        return f" (the lowest that abstains on {calibration.abstain_target:.0%} of the held-out photos of other cultures)"
-    return " (balancing abstention on other cultures against in-domain accuracy)"
+        chosen = f"the lowest that abstains on {calibration.abstain_target:.0%} of the out-of-fold photos of other cultures"
+    else:
+        chosen = "balancing abstention on other cultures against in-domain accuracy"
+    return f" on {score} ({chosen})"
 
 
 def model_card(recognizer: Recognizer, metrics: dict) -> str:
@@ -387,6 +511,9 @@ and must not be trusted without a human check.
 {chr(10).join(rows)}
 
 Low-data classes: {", ".join(low_data) if low_data else "none"}.
+
+## Prediction sets
+{_sets_card(metrics)}
 
 ## Data
 {_sources_section()}

@@ -1,20 +1,12 @@
-"""The model directory format and :class:`Recognizer`, the one object that makes predictions.
+"""The :class:`Recognizer`, the one object that makes predictions, and the ONNX head it runs.
 
-A model directory holds:
-
-- ``model.onnx``: one self-contained graph, ``pixels`` (N,3,S,S) -> ``probabilities`` (N, K+1)
-  over the K labels plus the abstain class, and ``embedding`` (N, 1280);
-- ``labels.json``: the K labels in output order (the abstain class is the last output);
-- ``metadata.json``: backbone, preprocessing, abstain threshold, temperature, per-class training
-  counts, metrics, data hashes and version.
-
-Prediction needs only onnxruntime, numpy and Pillow. No pickle anywhere.
+The model directory format (files, typed metadata, load-time checks) lives in
+:mod:`ethnic_group_recognizer.model_dir`. Prediction needs only onnxruntime, numpy and Pillow.
+No pickle anywhere.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ethnic_group_recognizer.calibrate import in_scope_scores
 from ethnic_group_recognizer.config import ABSTAIN_TEXT, DEFAULT_MODEL_DIR, Config
+from ethnic_group_recognizer.conformal import ConformalCalibration, prediction_sets
 from ethnic_group_recognizer.images import load_image
+from ethnic_group_recognizer.model_dir import ModelDir, open_session, read_model_dir
 
-MODEL_FILE = "model.onnx"
-LABELS_FILE = "labels.json"
-METADATA_FILE = "metadata.json"
-FORMAT_VERSION = 1
 #: A class backed by fewer training images than this is flagged as low-data everywhere.
 LOW_DATA_IMAGES = 20
 
@@ -41,7 +32,11 @@ class Prediction:
     confidence: float
     scores: dict[str, float]  # probability of each of the 12 labels; 1 - sum is P(none of them)
     abstain_probability: float = 0.0
-    extra: dict = field(default_factory=dict)
+    #: The conformal prediction set: labels, most likely first; ``[]`` when abstaining. Contains the
+    #: right label for ``coverage`` of photos like the calibration photos (docs/PREDICTION_SETS.md).
+    prediction_set: list[str] = field(default_factory=list)
+    #: The set's target coverage (e.g. 0.9); None for a model without a conformal calibration.
+    coverage: float | None = None
 
     @property
     def abstained(self) -> bool:
@@ -55,12 +50,14 @@ class Prediction:
         return sorted(self.scores.items(), key=lambda item: -item[1])
 
     def to_dict(self, path: str | None = None) -> dict:
-        """The ``egr predict --jsonl`` object."""
+        """The one JSON form of a prediction (``egr predict --jsonl``, batch and Ray results)."""
         data: dict = {} if path is None else {"path": path}
         data.update(
             label=self.label,
             confidence=round(self.confidence, 6),
             scores={label: round(p, 6) for label, p in self.scores.items()},
+            prediction_set=list(self.prediction_set),
+            coverage=self.coverage,
         )
         return data
 
@@ -121,22 +118,23 @@ class Recognizer:
     """
 
     def __init__(self, directory: Path, config: Config | None = None, threshold: float | None = None):
-        from ethnic_group_recognizer.backbone import onnx_session
-
-        self.directory = Path(directory)
+        #: The checked model directory; ``model_dir.metadata`` is the typed :class:`ModelMetadata`.
+        self.model_dir: ModelDir = read_model_dir(directory)
+        self.directory = self.model_dir.path
         self.config = config or Config()
-        for name in (MODEL_FILE, LABELS_FILE, METADATA_FILE):
-            if not (self.directory / name).is_file():
-                raise FileNotFoundError(f"not a model directory (no {name}): {self.directory}")
-        self.labels: list[str] = json.loads((self.directory / LABELS_FILE).read_text(encoding="utf-8"))
-        self.metadata: dict = json.loads((self.directory / METADATA_FILE).read_text(encoding="utf-8"))
-        self.session = onnx_session(self.directory / MODEL_FILE, self.config)
-        self.image_size = int(self.metadata["preprocessing"]["image_size"])
-        self.threshold = float(self.metadata["threshold"] if threshold is None else threshold)
+        self.session = open_session(self.model_dir, self.config)
+        meta = self.model_dir.metadata
+        self.labels: list[str] = list(meta.labels)
+        self.image_size = meta.backbone.image_size
+        self.threshold = float(meta.calibration.threshold if threshold is None else threshold)
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
-        self.tta = bool(self.metadata.get("tta", False))
-        self._lock = threading.Lock()
+        #: How "none of these" is decided (``calibrate.in_scope_scores``): abstain when the rule's
+        #: in-scope score is under ``threshold``.
+        self.abstain_rule: str = meta.calibration.abstain_rule
+        #: The prediction-set calibration; None for a model trained before sets (top label only).
+        self.conformal: ConformalCalibration | None = meta.conformal
+        self.tta = meta.tta
 
     @classmethod
     def load(
@@ -145,24 +143,31 @@ class Recognizer:
         """Load the model at ``path``, or the default model shipped inside the package.
 
         ``threshold`` overrides the calibrated abstain threshold: lower answers more photos
-        (and abstains less on photos of other cultures); 0 never abstains.
+        (and abstains less on photos of other cultures); 0 never abstains. A folder that cannot
+        give correct answers raises :class:`~ethnic_group_recognizer.model_dir.ModelError` (a
+        ValueError; a missing folder or file is also a FileNotFoundError) with one clear line.
         """
         return cls(Path(path) if path else DEFAULT_MODEL_DIR, config, threshold)
 
     # -- facts about the model ---------------------------------------------------------------
     @property
+    def metadata(self) -> dict:
+        """``metadata.json`` as a fresh dict (changing it changes nothing); prefer ``model_dir.metadata``."""
+        return self.model_dir.metadata.to_json()
+
+    @property
     def name(self) -> str:
-        return self.metadata.get("name", self.directory.name)
+        return self.model_dir.metadata.name
 
     @property
     def version(self) -> str:
-        return str(self.metadata.get("version", "0"))
+        return self.model_dir.metadata.version
 
     @property
     def training_counts(self) -> dict[str, int]:
         """Training images behind each label (before augmentation)."""
-        counts = self.metadata.get("training_counts", {})
-        return {label: int(counts.get(label, 0)) for label in self.labels}
+        counts = self.model_dir.metadata.training_counts
+        return {label: counts[label] for label in self.labels}
 
     def low_data_labels(self) -> list[str]:
         return [label for label, n in self.training_counts.items() if n < LOW_DATA_IMAGES]
@@ -190,19 +195,46 @@ class Recognizer:
             out.append(probs)
         return np.concatenate(out) if out else np.zeros((0, len(self.labels) + 1), np.float32)
 
+    @property
+    def coverage(self) -> float | None:
+        """Target coverage of the prediction sets, or None for a model without them."""
+        return None if self.conformal is None else self.conformal.coverage
+
     def decide(self, probabilities: np.ndarray) -> Prediction:
-        """Turn one probability row into a prediction, abstaining below the calibrated threshold."""
-        scores = {
-            label: float(p) for label, p in zip(self.labels, probabilities[: len(self.labels)], strict=True)
-        }
-        best = int(np.argmax(probabilities[: len(self.labels)]))
-        confidence = float(probabilities[best])
-        abstain = float(probabilities[len(self.labels)])
-        label = self.labels[best] if confidence >= self.threshold else None
-        return Prediction(label=label, confidence=confidence, scores=scores, abstain_probability=abstain)
+        """Turn one probability row into a prediction: out of scope first, then the set."""
+        return self.decide_rows(np.asarray(probabilities)[None, :])[0]
+
+    def decide_rows(self, probabilities: np.ndarray) -> list[Prediction]:
+        """Predictions for (N, K+1) probability rows (docs/PREDICTION_SETS.md, "How one photo is answered").
+
+        1. abstain (label None, empty set) when the abstain rule's in-scope score is under the threshold;
+        2. otherwise the label is the most likely of the K, and the set is the conformal set
+           (the top label alone for a model without a conformal calibration).
+        """
+        rows = np.asarray(probabilities, dtype=float)
+        k = len(self.labels)
+        answered = in_scope_scores(rows, k, self.abstain_rule) >= self.threshold
+        if self.conformal is not None:
+            sets = prediction_sets(rows, self.conformal, threshold=0.0)
+        else:
+            sets = [[int(np.argmax(row[:k]))] for row in rows]
+        predictions = []
+        for row, answer, members in zip(rows, answered, sets, strict=True):
+            best = int(np.argmax(row[:k]))
+            predictions.append(
+                Prediction(
+                    label=self.labels[best] if answer else None,
+                    confidence=float(row[best]),
+                    scores={label: float(p) for label, p in zip(self.labels, row[:k], strict=True)},
+                    abstain_probability=float(row[k]) if len(row) > k else 0.0,
+                    prediction_set=[self.labels[i] for i in members] if answer else [],
+                    coverage=self.coverage,
+                )
+            )
+        return predictions
 
     def predict_images(self, images: Sequence[Image.Image]) -> list[Prediction]:
-        return [self.decide(row) for row in self.probabilities(images)]
+        return self.decide_rows(self.probabilities(images)) if images else []
 
     def predict(self, image: str | Path | bytes | Image.Image) -> Prediction:
         """Classify one photo given as a path, raw bytes or a Pillow image.

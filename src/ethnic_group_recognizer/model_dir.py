@@ -5,7 +5,8 @@ A model directory holds:
 - ``model.onnx``: one self-contained graph, ``pixels`` (N,3,S,S) -> ``probabilities`` (N, K+1)
   over the K labels plus the abstain class, and ``embedding`` (N, 1280);
 - ``labels.json``: the K labels in output order (the abstain class is the last output);
-- ``metadata.json``: backbone, preprocessing, calibration, per-class training counts, metrics,
+- ``metadata.json``: backbone, preprocessing, calibration (temperature, abstain rule and
+  threshold, the prediction sets' conformal calibration), per-class training counts, metrics,
   the data split's hashes and version (:class:`ModelMetadata`);
 - ``split.json``: the sha256 of every training and validation image (for ``egr evaluate``).
 
@@ -27,7 +28,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ethnic_group_recognizer.calibrate import ABSTAIN_RULES, LEGACY_ABSTAIN_RULE
 from ethnic_group_recognizer.config import ABSTAIN_LABEL, Config
+from ethnic_group_recognizer.conformal import ConformalCalibration
 from ethnic_group_recognizer.dataset import LabelError, validate_label
 
 MODEL_FILE = "model.onnx"
@@ -73,9 +76,12 @@ class Calibration:
     """Temperature and abstain threshold, and how they were chosen."""
 
     temperature: float
-    threshold: float  # abstain when the best of the K probabilities is under it
+    threshold: float  # abstain when the rule's in-scope score (calibrate.in_scope_scores) is under it
     calibrated_on: str  # which held-out predictions they were fitted on
     abstain_target: float | None = None  # share of held-out ``other`` photos to abstain on
+    #: ``top-label`` (the best of the K probabilities; every model before prediction sets) or
+    #: ``in-scope-share`` (best / (best + P(other))); see calibrate.py.
+    abstain_rule: str = LEGACY_ABSTAIN_RULE
 
     @property
     def policy(self) -> str:
@@ -118,6 +124,11 @@ class ModelMetadata:
     provenance: Provenance
     options: Mapping[str, Any]
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    #: Prediction sets (docs/PREDICTION_SETS.md); None for a model trained before them, which
+    #: answers with its top label alone (or the empty set when abstaining).
+    conformal: ConformalCalibration | None = None
+    #: The same calibration at other target coverages, for the evaluation's coverage-vs-size curve.
+    conformal_curve: tuple[ConformalCalibration, ...] = ()
     abstain_label: str = ABSTAIN_LABEL
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -126,6 +137,12 @@ class ModelMetadata:
         for name in ("training_counts", "options", "metrics", "extra"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "conformal_curve", tuple(self.conformal_curve))
+
+    @property
+    def _legacy_rule(self) -> bool:
+        """A model from before prediction sets: its files are re-written without the new keys."""
+        return self.calibration.abstain_rule == LEGACY_ABSTAIN_RULE and self.conformal is None
 
     @property
     def head(self) -> str:
@@ -154,6 +171,7 @@ class ModelMetadata:
                 "tta": self.tta,
                 "temperature": self.calibration.temperature,
                 "threshold": self.calibration.threshold,
+                **({} if self._legacy_rule else {"abstain_rule": self.calibration.abstain_rule}),
                 "calibrated_on": self.calibration.calibrated_on,
                 "abstain_label": self.abstain_label,
                 "training_counts": dict(self.training_counts),
@@ -169,6 +187,12 @@ class ModelMetadata:
                 "options": dict(self.options),
                 "training_seconds": self.provenance.training_seconds,
                 "metrics": dict(self.metrics),
+                **({} if self.conformal is None else {"conformal": self.conformal.to_dict()}),
+                **(
+                    {"conformal_curve": [c.to_dict() for c in self.conformal_curve]}
+                    if self.conformal_curve
+                    else {}
+                ),
                 **self.extra,
             }
         )
@@ -205,6 +229,7 @@ _KNOWN_KEYS = (
     "tta",
     "temperature",
     "threshold",
+    "abstain_rule",
     "calibrated_on",
     "abstain_label",
     "training_counts",
@@ -213,6 +238,8 @@ _KNOWN_KEYS = (
     "options",
     "training_seconds",
     "metrics",
+    "conformal",
+    "conformal_curve",
 )
 _TYPE_NAMES = {
     str: "a string",
@@ -336,6 +363,9 @@ def parse_metadata(data: object, labels: tuple[str, ...], where: str) -> ModelMe
         threshold=top.number("threshold", 0.0, 1.0),
         calibrated_on=top.get("calibrated_on", str),
         abstain_target=target,
+        abstain_rule=top.choice("abstain_rule", ABSTAIN_RULES)
+        if "abstain_rule" in top.data
+        else LEGACY_ABSTAIN_RULE,
     )
     counts = top.object("training_counts")
     training_counts = {label: counts.count(label) for label in counts.data}
@@ -358,6 +388,8 @@ def parse_metadata(data: object, labels: tuple[str, ...], where: str) -> ModelMe
     )
     return ModelMetadata(
         labels=labels,
+        conformal=_parse_conformal(top.data.get("conformal"), labels, calibration, f"{where}: conformal"),
+        conformal_curve=_parse_conformal_curve(top, labels, calibration, where),
         name=top.get("name", str),
         version=top.get("version", str),
         backbone=backbone,
@@ -371,6 +403,41 @@ def parse_metadata(data: object, labels: tuple[str, ...], where: str) -> ModelMe
         abstain_label=top.choice("abstain_label", (ABSTAIN_LABEL,)),
         format_version=version,
         extra={key: value for key, value in top.data.items() if key not in _KNOWN_KEYS},
+    )
+
+
+def _parse_conformal(
+    data: object, labels: tuple[str, ...], calibration: Calibration, where: str
+) -> ConformalCalibration | None:
+    """A stored prediction-set calibration, checked against the labels and the abstain rule."""
+    if data is None:
+        return None
+    try:
+        conformal = ConformalCalibration.from_dict(data)  # refuses a non-object itself
+    except (ValueError, TypeError) as error:
+        raise ModelError(f"{where}: {error}") from None
+    if conformal.n_labels != len(labels):
+        raise ModelError(
+            f"{where}: calibrated for {conformal.n_labels} labels, {LABELS_FILE} lists {len(labels)}"
+        )
+    if conformal.abstain_rule != calibration.abstain_rule:
+        raise ModelError(
+            f"{where}: abstain_rule {conformal.abstain_rule!r} differs from the model's "
+            f"{calibration.abstain_rule!r}"
+        )
+    return conformal
+
+
+def _parse_conformal_curve(
+    top: _Fields, labels: tuple[str, ...], calibration: Calibration, where: str
+) -> tuple[ConformalCalibration, ...]:
+    entries = top.data.get("conformal_curve", [])
+    if not isinstance(entries, list) or len(entries) > 100:
+        raise ModelError(f"{where}: conformal_curve must be a list of at most 100 calibrations")
+    return tuple(
+        _parse_conformal(entry, labels, calibration, f"{where}: conformal_curve[{i}]")
+        for i, entry in enumerate(entries)
+        if entry is not None
     )
 
 

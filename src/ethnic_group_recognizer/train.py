@@ -19,12 +19,14 @@ import numpy as np
 
 # Re-exported until every caller imports them from calibrate (none in src/ does now).
 from ethnic_group_recognizer.calibrate import (  # noqa: F401
+    AbstainRule,
     abstain_decisions,
     choose_threshold,
     fit_temperature,
     softmax,
 )
 from ethnic_group_recognizer.config import ABSTAIN_LABEL, Config, check_choice, check_integer, check_number
+from ethnic_group_recognizer.conformal import ConformalCalibration, calibrate_sets, smallest_finite_count
 from ethnic_group_recognizer.dataset import Dataset, Record, duplicate_groups, group_folds, split
 from ethnic_group_recognizer.images import load_image
 from ethnic_group_recognizer.model import attach_head
@@ -39,11 +41,14 @@ from ethnic_group_recognizer.model_dir import (
 )
 from ethnic_group_recognizer.probe import fit_probe_head, head_logits
 
+#: Target coverages also calibrated, for the evaluation's coverage-versus-set-size curve.
+CURVE_COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 #: Classes with fewer training images than this get augmented copies (probe mode).
 SMALL_CLASS_IMAGES = 20
 
 
 TrainMode = Literal["probe", "finetune"]
+ConformalMethod = Literal["aps", "raps"]
 
 
 @dataclass
@@ -69,6 +74,12 @@ class TrainOptions:
     name: str = "model"
     #: Target coverage of the conformal prediction sets (docs/PREDICTION_SETS.md), in (0, 1).
     coverage: float = 0.9
+    #: How "none of these" is decided (calibrate.py): ``in-scope-share`` compares the best label
+    #: with the abstain class, so ambiguity between known groups gives a set, not an abstention.
+    abstain_rule: AbstainRule = "in-scope-share"
+    conformal_method: ConformalMethod = "aps"
+    #: Per-class (Mondrian) set calibration for classes with enough calibration photos.
+    mondrian: bool = True
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, TrainMode)
@@ -86,6 +97,10 @@ class TrainOptions:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         check_number("coverage", self.coverage, 0.0, 1.0, low_open=True, high_open=True)
+        check_choice("abstain_rule", self.abstain_rule, AbstainRule)
+        check_choice("conformal_method", self.conformal_method, ConformalMethod)
+        if not isinstance(self.mondrian, bool):
+            raise ValueError(f"mondrian must be true or false, got {self.mondrian!r}")
 
 
 @dataclass(frozen=True)
@@ -166,11 +181,27 @@ def _fit_head(
     )
 
 
-def _predict_logits(views: _Views, indices: np.ndarray, weights: np.ndarray, bias: np.ndarray, tta: bool):
-    logits = head_logits(views.plain[indices], weights, bias)
+def _predict_view_logits(
+    views: _Views, indices: np.ndarray, weights: np.ndarray, bias: np.ndarray, tta: bool
+) -> np.ndarray:
+    """(N, views, outputs) logits of each view the model averages at prediction (photo, mirror)."""
+    logits = [head_logits(views.plain[indices], weights, bias)]
     if tta:
-        logits = (logits + head_logits(views.mirror[indices], weights, bias)) / 2
-    return logits
+        logits.append(head_logits(views.mirror[indices], weights, bias))
+    return np.stack(logits, axis=1)
+
+
+def _predict_logits(views: _Views, indices: np.ndarray, weights: np.ndarray, bias: np.ndarray, tta: bool):
+    return _predict_view_logits(views, indices, weights, bias, tta).mean(axis=1)
+
+
+def served_probabilities(view_logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities as ``Recognizer.probabilities`` computes them: softmax per view, then the mean.
+
+    The abstain threshold and the sets are calibrated on these, so what is served is what was
+    calibrated (a softmax of averaged logits differs, most for P(other) on ambiguous photos).
+    """
+    return np.mean([softmax(view_logits[:, v] / temperature) for v in range(view_logits.shape[1])], axis=0)
 
 
 def _out_of_fold_logits(
@@ -182,14 +213,44 @@ def _out_of_fold_logits(
     options: TrainOptions,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out logits for the training images from 5 group-aware folds (for calibration)."""
-    logits = np.zeros((len(train_idx), n_outputs))
+    """Held-out (N, views, outputs) logits for the training images from 5 group-aware folds."""
+    logits = np.zeros((len(train_idx), 2 if options.tta else 1, n_outputs))
     covered = np.zeros(len(train_idx), bool)
     for fit_part, held_part in group_folds(targets[train_idx], groups[train_idx], 5, seed):
         weights, bias = _fit_head(views, train_idx[fit_part], targets, n_outputs, options, seed)
-        logits[held_part] = _predict_logits(views, train_idx[held_part], weights, bias, options.tta)
+        logits[held_part] = _predict_view_logits(views, train_idx[held_part], weights, bias, options.tta)
         covered[held_part] = True
     return logits[covered], targets[train_idx][covered]
+
+
+def calibrate_prediction_sets(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    n_labels: int,
+    threshold: float,
+    coverage: float,
+    options: TrainOptions,
+    config: Config,
+) -> ConformalCalibration:
+    """Conformal sets on the same held-out predictions as the threshold, for the photos it answers.
+
+    Low-data classes get the marginal quantile, not a pooled one (see ``calibrate_sets``). A class
+    needs the calibration photos the model's own coverage asks for (9 at 0.9) at every level, so
+    the lower levels of the evaluation's curve do not give a class of one photo its own quantile.
+    """
+    return calibrate_sets(
+        probabilities,
+        targets,
+        coverage,
+        options.conformal_method,
+        options.mondrian,
+        n_labels=n_labels,
+        threshold=threshold,
+        abstain_rule=options.abstain_rule,
+        pool_low_data=False,
+        min_class_count=max(smallest_finite_count(coverage), smallest_finite_count(options.coverage)),
+        seed=config.seed,
+    )
 
 
 def _labels_of(records: list[Record]) -> list[str]:
@@ -230,7 +291,7 @@ def train(
 
     if options.mode == "probe":
         views = _embed_views(dataset, records, targets, train_idx.tolist(), options, config)
-        oof_logits, oof_targets = _out_of_fold_logits(
+        oof_view_logits, oof_targets = _out_of_fold_logits(
             views, train_idx, targets, groups, n_outputs, options, config.seed
         )
         weights, bias = _fit_head(views, train_idx, targets, n_outputs, options, config.seed)
@@ -252,12 +313,22 @@ def train(
         paths = [dataset.abspath(r) for r in records]
         tuned = finetune(paths, targets, train_idx, val_idx, n_outputs, recipe, config, out)
         backbone_path, weights, bias = tuned.backbone_path, tuned.weights, tuned.bias
-        oof_logits, oof_targets = tuned.val_logits, tuned.val_targets
+        oof_view_logits, oof_targets = tuned.val_logits[:, None, :], tuned.val_targets
         calibration_note = "the validation split (fine-tuning has no out-of-fold predictions)"
 
-    temperature = fit_temperature(oof_logits, oof_targets)
+    temperature = fit_temperature(oof_view_logits.mean(axis=1), oof_targets)
+    oof_probabilities = served_probabilities(oof_view_logits, temperature)
     threshold = choose_threshold(
-        softmax(oof_logits / temperature), oof_targets, len(labels), options.abstain_target
+        oof_probabilities, oof_targets, len(labels), options.abstain_target, options.abstain_rule
+    )
+    conformal = calibrate_prediction_sets(
+        oof_probabilities, oof_targets, len(labels), threshold, options.coverage, options, config
+    )
+    conformal_curve = tuple(
+        calibrate_prediction_sets(
+            oof_probabilities, oof_targets, len(labels), threshold, level, options, config
+        )
+        for level in CURVE_COVERAGES
     )
     attach_head(backbone_path, weights, bias, temperature, out / MODEL_FILE)
     if options.mode == "finetune":
@@ -283,7 +354,10 @@ def train(
             threshold=threshold,
             calibrated_on=calibration_note,
             abstain_target=options.abstain_target,
+            abstain_rule=options.abstain_rule,
         ),
+        conformal=conformal,
+        conformal_curve=conformal_curve,
         training_counts={label: counts.get(label, 0) for label in labels},
         abstain_training_count=counts.get(ABSTAIN_LABEL, 0),
         provenance=Provenance(
