@@ -30,6 +30,7 @@ import numpy as np
 from PIL import ImageOps
 
 from ethnic_group_recognizer.config import ABSTAIN_LABEL, Config
+from ethnic_group_recognizer.graph import union_find
 from ethnic_group_recognizer.images import ImageError, image_info, is_image_path, load_image, sha256_file
 from ethnic_group_recognizer.locking import atomic_write_text, dataset_lock
 from ethnic_group_recognizer.progress import progress
@@ -573,23 +574,15 @@ def near_duplicate_pairs(
 
 def duplicate_groups(records: list[Record]) -> list[int]:
     """A group id per record: exact or near duplicates share one (union-find over hash matches)."""
-    parent = list(range(len(records)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    by_sha: dict[str, int] = {}
+    first_with_sha: dict[str, int] = {}
+    edges: list[tuple[int, int]] = []
     for i, record in enumerate(records):
-        if record.sha256 in by_sha:
-            parent[find(i)] = find(by_sha[record.sha256])
+        if record.sha256 in first_with_sha:
+            edges.append((i, first_with_sha[record.sha256]))
         else:
-            by_sha[record.sha256] = i
-    for a, b, _ in near_duplicate_pairs(records):
-        parent[find(a)] = find(b)
-    return [find(i) for i in range(len(records))]
+            first_with_sha[record.sha256] = i
+    edges.extend((a, b) for a, b, _ in near_duplicate_pairs(records))
+    return union_find(len(records), edges)
 
 
 def split(records: list[Record], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:

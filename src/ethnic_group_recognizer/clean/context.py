@@ -28,6 +28,7 @@ from ethnic_group_recognizer.dataset import (
 )
 from ethnic_group_recognizer.graph import union_find
 from ethnic_group_recognizer.images import is_image_path, sha256_file
+from ethnic_group_recognizer.probe import unit
 
 
 @dataclass
@@ -139,11 +140,6 @@ class FlagSet:
             # Independent pieces of evidence combine: 1 - prod(1 - s).
             flag.score = 1.0 - float(np.prod([1.0 - s for s in flag.checks.values()]))
         return sorted(self.by_path.values(), key=lambda f: (-f.score, f.path))
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Each row scaled to length 1 (cosine geometry); a zero row stays zero."""
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def is_kept(record: Record) -> bool:
@@ -365,7 +361,7 @@ class CleanContext:
         chosen = np.array([i for i, r in enumerate(reps) if r.label in classes], dtype=int)
         modelled = [reps[i] for i in chosen]
         extra = len(embedded.paths) - len(reps)
-        vectors = unit_rows(np.concatenate([embedded.vectors[chosen], embedded.vectors[len(reps) :]]))
+        vectors = unit(np.concatenate([embedded.vectors[chosen], embedded.vectors[len(reps) :]]))
         labels = [r.label for r in modelled] + [ABSTAIN_LABEL] * extra
         index = {label: i for i, label in enumerate(classes)}
         targets = np.array([index[label] for label in labels])

@@ -67,6 +67,6 @@ app.add_typer(data.app, name="data")
 app.add_typer(clean.app)  # collect, clean, review
 app.add_typer(model.app)  # train, evaluate, predict
 app.add_typer(_registered(serve_cli.register))  # serve, site build
-app.add_typer(_registered(demo.register))  # demo
+app.add_typer(demo.app)  # demo
 app.add_typer(batch.app)  # embed, embed-import
 app.add_typer(space_cli.app, name="space")  # space build

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from ethnic_group_recognizer.clean.checks.registry import register
-from ethnic_group_recognizer.clean.context import CleanContext, ModelData, unit_rows
+from ethnic_group_recognizer.clean.context import CleanContext, ModelData
 from ethnic_group_recognizer.config import ABSTAIN_LABEL
+from ethnic_group_recognizer.probe import unit
 
 CLEANLAB_HINT = "pip install 'ethnic-group-recognizer[collect]'"
 
@@ -91,7 +92,7 @@ def outlier(context: CleanContext) -> None:
         members = np.array([i for i, r in enumerate(model.modelled) if r.label == label])
         # Compared with the other groups only: 'other' photos may be anything, however far.
         outside = np.array([i for i, other in enumerate(labels) if other not in (label, ABSTAIN_LABEL)])
-        centre = unit_rows(np.median(vectors[members], axis=0, keepdims=True))[0]  # robust to the outliers
+        centre = unit(np.median(vectors[members], axis=0, keepdims=True))[0]  # robust to the outliers
         distance = 1.0 - vectors @ centre
         foreign = np.sort(distance[outside])
         for i in members:
