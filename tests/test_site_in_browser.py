@@ -4,8 +4,10 @@ The site is built into tmp_path (onnxruntime-web fetched with npm into the test 
 use), served by a plain static file server on 127.0.0.1 under a sub-path, as GitHub Pages
 serves a project; no recognition server runs. Every request that is not for 127.0.0.1 is
 aborted, and the server's own log must show only the site's files. Each photo's answer in the
-browser is compared with :class:`Recognizer` in Python: the same label or abstention, and every
-probability within 0.02.
+browser is compared with :class:`Recognizer` in Python: the same label or abstention, the same
+prediction set in the same order, every probability within 0.02, and the same words as the API's
+page (both draw the result with ``web/result.js``). Under Node, ``web/local/decide.js`` is checked
+against ``Recognizer.decide_rows`` bit for bit under every abstain rule and set calibration.
 """
 
 from __future__ import annotations
@@ -147,19 +149,49 @@ def classify(page: object, photo: Path) -> dict:
     )
     assert page.is_hidden("#error"), page.text_content("#error")  # type: ignore[attr-defined]
     result = page.locator("#result")  # type: ignore[attr-defined]
+    warning = page.locator("#low-data-warning")  # type: ignore[attr-defined]
     return {
         "label": result.get_attribute("data-label"),
         "scores": json.loads(result.get_attribute("data-scores")),
+        "prediction_set": json.loads(result.get_attribute("data-prediction-set")),
+        "verdict": page.text_content("#verdict") or "",  # type: ignore[attr-defined]
+        "coverage_note": page.text_content("#coverage-note") if page.is_visible("#coverage-note") else None,  # type: ignore[attr-defined]
+        "low_data_warning": warning.text_content() if warning.is_visible() else "",
+        "rows": page.locator("#scores li").count(),  # type: ignore[attr-defined]
     }
 
 
 def assert_same(recognizer: Recognizer, photo: Path, shown: dict) -> None:
+    """The page's answer is Recognizer's: label or abstention, the prediction set (same labels,
+    same order), probabilities within TOLERANCE; and it says it as the API's page does."""
     expected = recognizer.predict(photo)
     assert shown["label"] == (expected.label or ""), (photo.name, shown, expected)
+    assert shown["prediction_set"] == expected.prediction_set, (photo.name, shown, expected)
     wanted = {**expected.scores, "other": expected.abstain_probability}
     assert set(shown["scores"]) == set(wanted), photo.name
     gap = max(abs(shown["scores"][label] - p) for label, p in wanted.items())
     assert gap <= TOLERANCE, f"{photo.name}: probabilities differ by {gap:.4f}"
+    members, verdict = expected.prediction_set, shown["verdict"]
+    count = len(recognizer.labels)
+    assert shown["rows"] == count + 1, "every label and the none-of-these row"
+    if not members:
+        assert verdict.startswith(f"None of these {count}."), verdict
+    elif len(members) == 1:
+        assert verdict.startswith(f"Most like {members[0]} ("), verdict
+    elif len(members) <= 4:
+        assert verdict == f"One of: {', '.join(members[:-1])} or {members[-1]}.", verdict
+    else:
+        assert verdict.startswith(f"Uncertain: it could be any of {len(members)} labels."), verdict
+    if members and expected.coverage is not None:
+        assert f"{expected.coverage:.0%} of photos" in (shown["coverage_note"] or ""), shown
+    else:
+        assert shown["coverage_note"] is None, shown
+    low = [label for label in members if label in recognizer.low_data_labels()]
+    for label in low:
+        assert f"training photos of {label}" in shown["low_data_warning"] or (
+            f"training photo of {label}" in shown["low_data_warning"]
+        ), shown
+    assert bool(low) == bool(shown["low_data_warning"]), shown
 
 
 # -- photos made here -------------------------------------------------------------------------------
@@ -236,6 +268,11 @@ def test_photos_classified_in_the_browser_match_python(
     assert "runs on your device; no photo is sent anywhere" in notice
     manifest = json.loads((shipped_site.root / "site.json").read_text())
     assert not (shipped_site.root / "review").exists()  # needs egr review's server
+    assert (shipped_site.root / "result.js").is_file()  # the result is drawn by the API page's code
+    hint = page.text_content("#threshold-hint") or ""  # type: ignore[attr-defined]
+    assert f"{recognizer.threshold:.0%} (its calibrated threshold)" in hint, hint
+    if recognizer.abstain_rule == "in-scope-share":
+        assert "row together" in hint, hint
     size_text = page.text_content("#model-size") or ""  # type: ignore[attr-defined]
     assert f"{manifest['model']['file']['bytes'] / 1e6:.1f} MB" in size_text
     assert manifest["model"]["weights"] in size_text
@@ -314,6 +351,7 @@ def test_a_site_for_another_model_gives_its_labels_and_low_data_warnings(
     www = tmp_path / "www"
     site_root = build(www / SUB_PATH, "--model", str(trained_model))
     other = Recognizer.load(trained_model)
+    assert other.conformal is not None, "egr train calibrates prediction sets: the page must give them"
     photos = [
         save(pattern_image(kind, seed=500 + i), tmp_path / f"{kind}{i}.{'png' if i % 2 else 'jpg'}")
         for i, kind in enumerate(("stripes", "checker", "circles", "noise", "stripes", "checker"))
@@ -330,7 +368,6 @@ def test_a_site_for_another_model_gives_its_labels_and_low_data_warnings(
                     assert page.is_visible("#low-data-warning")  # type: ignore[attr-defined]
                     assert "training photo" in (page.text_content("#low-data-warning") or "")  # type: ignore[attr-defined]
             assert labelled >= 3, "the pattern model should label its own patterns"
-            assert page.locator("#scores li").count() == len(other.labels)  # type: ignore[attr-defined]
 
 
 @pytest.mark.shared
@@ -404,6 +441,150 @@ def test_pillow_js_is_pillow_bit_for_bit(tmp_path: Path, seed: int) -> None:
     )
     for case, want, got in zip(cases, expected, json.loads(done.stdout), strict=True):
         assert base64.b64decode(got) == want, case["op"]
+
+
+DECIDE_CHECK = """
+import fs from "node:fs";
+import { decide, modelFacts } from "DECIDE_JS";
+const { labels, metadata, rows } = JSON.parse(fs.readFileSync(0, "utf8"));
+const facts = modelFacts(labels, metadata, { low_data_below: LOW_DATA, abstain_text: "none" });
+const out = rows.map((row) => {
+  const p = decide(Float32Array.from(row), facts);
+  return { label: p.label, set: p.prediction_set, coverage: p.coverage, low: p.low_data, order: p.scores.map((s) => s.label) };
+});
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def decision_rows(k: int, seed: int) -> np.ndarray:
+    """float32 rows of K labels + other: peaked, flat, tied, near-uniform, all mass on other."""
+    rng = np.random.default_rng(seed)
+    rows = [rng.dirichlet(np.full(k + 1, alpha)) for alpha in (0.1, 0.3, 1.0, 3.0) for _ in range(60)]
+    tied = rng.dirichlet(np.ones(k + 1), 20)
+    tied[:, 1] = tied[:, 0]  # equal probabilities: ranked by label order, as numpy's stable argsort
+    rows += list(tied / tied.sum(axis=1, keepdims=True))
+    rows += [np.eye(k + 1)[k], np.full(k + 1, 1 / (k + 1))]  # nothing on the labels; uniform
+    # Rows whose label sum in numpy's pairwise order differs from a left-to-right sum in the last
+    # bit: only an exact copy of numpy's summation gives their sets at a quantile on the boundary.
+    candidates = rng.dirichlet(np.full(k + 1, 0.05), 6000).astype(np.float32).astype(float)
+    pairwise = candidates[:, :k].sum(axis=1)
+    in_order = np.cumsum(candidates[:, :k], axis=1)[:, -1]
+    rows += list(candidates[pairwise != in_order][:40])
+    return np.asarray(rows, dtype=np.float32)
+
+
+def summed_differently(rows: np.ndarray, k: int) -> np.ndarray:
+    """Which rows' label sums differ between numpy's pairwise order and a left-to-right sum."""
+    known = rows[:, :k].astype(float)
+    return known.sum(axis=1) != np.cumsum(known, axis=1)[:, -1]
+
+
+def boundary_calibration(rows: np.ndarray, conformal: dict, nudge: bool) -> dict:
+    """Each class's quantile set to the exact score one row gives it (or the float just below):
+    a set differs as soon as JavaScript's score differs from numpy's in the last bit."""
+    from ethnic_group_recognizer.conformal import _known, _sorted_scores
+
+    k = conformal["n_labels"]
+    known = _known(rows.astype(float), k)
+    order, scores = _sorted_scores(known, 0, 0.0, None)
+    qhat = list(conformal["per_class_qhat"])
+    tricky = summed_differently(rows, k)
+    for label in range(k):
+        hits = np.argwhere((order[:, 1:3] == label) & (scores[:, 1:3] > 0))
+        hits = hits[np.argsort(~tricky[hits[:, 0]], kind="stable")]  # the tricky rows first
+        if len(hits):
+            row, rank = hits[0]
+            exact = float(scores[row, rank + 1])
+            qhat[label] = float(np.nextafter(exact, 0.0)) if nudge else exact
+    return {**conformal, "method": "aps", "k_reg": 0, "lam": 0.0, "per_class_qhat": qhat}
+
+
+def metadata_variants(metadata: dict) -> dict[str, dict]:
+    """The shipped model's metadata, and the same model under every other decision rule."""
+    conformal = metadata.get("conformal")
+    if conformal is None:
+        pytest.skip("the shipped model has no conformal calibration to vary")
+    legacy = {
+        key: value
+        for key, value in metadata.items()
+        if key not in ("abstain_rule", "conformal", "conformal_curve")
+    }
+    top_label = {**conformal, "abstain_rule": "top-label"}
+    variants = {
+        "shipped": metadata,
+        "legacy (no rule, no sets)": {**legacy, "threshold": 0.49},
+        "legacy, never abstains": {**legacy, "threshold": 0.0},
+        "top-label rule, marginal sets": {
+            **legacy,
+            "abstain_rule": "top-label",
+            "conformal": {**top_label, "mondrian": False, "per_class_qhat": [], "qhat": 0.8},
+        },
+        "raps, pooled low-data quantile": {
+            **metadata,
+            "conformal": {**conformal, "method": "raps", "k_reg": 2, "lam": 0.05, "low_data_qhat": 0.97},
+        },
+        "too few photos: every label": {
+            **metadata,
+            "conformal": {**conformal, "mondrian": False, "per_class_qhat": [], "qhat": None},
+        },
+    }
+    rows = decision_rows(len(metadata["training_counts"]), 0)
+    for nudge in (False, True):
+        variants[f"boundary{'-1 ulp' if nudge else ''}"] = {
+            **metadata,
+            "conformal": boundary_calibration(rows, conformal, nudge),
+        }
+    return variants
+
+
+def test_decide_js_is_recognizer_decide(tmp_path: Path) -> None:
+    """web/local/decide.js against Recognizer.decide_rows under Node: abstention, label, the same
+    prediction set in the same order, coverage, low-data flag and ranking, for 300-odd rows under
+    every abstain rule and set calibration (and quantiles that sit exactly on a row's score)."""
+    from ethnic_group_recognizer.model import LOW_DATA_IMAGES
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (it comes with npm)")
+    if not (DEFAULT_MODEL_DIR / "model.onnx").is_file():
+        pytest.skip("the shipped default model is not in this checkout")
+    labels = json.loads((DEFAULT_MODEL_DIR / "labels.json").read_text())
+    metadata = json.loads((DEFAULT_MODEL_DIR / "metadata.json").read_text())
+    rows = decision_rows(len(labels), 0)
+    script = tmp_path / "decide.mjs"
+    script.write_text(
+        DECIDE_CHECK.replace("DECIDE_JS", (WEB_LOCAL / "decide.js").as_uri()).replace(
+            "LOW_DATA", str(LOW_DATA_IMAGES)
+        )
+    )
+    sizes: set[int] = set()
+    for name, variant in metadata_variants(metadata).items():
+        model = tmp_path / re.sub(r"\W+", "-", name)
+        model.mkdir()
+        shutil.copyfile(DEFAULT_MODEL_DIR / "model.onnx", model / "model.onnx")
+        (model / "labels.json").write_text(json.dumps(labels))
+        (model / "metadata.json").write_text(json.dumps(variant))
+        other = Recognizer.load(model)
+        expected = other.decide_rows(rows)
+        low = set(other.low_data_labels())
+        payload = {"labels": labels, "metadata": variant, "rows": [[float(v) for v in row] for row in rows]}
+        done = subprocess.run(
+            [node, str(script)],
+            input=json.dumps(payload),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        for index, (want, got) in enumerate(zip(expected, json.loads(done.stdout), strict=True)):
+            where = f"{name}, row {index}: {rows[index].tolist()}"
+            assert got["label"] == want.label, where
+            assert got["set"] == want.prediction_set, where
+            assert got["coverage"] == want.coverage, where
+            assert got["low"] == (want.label in low), where
+            assert got["order"] == [label for label, _ in want.ranked()], where
+            sizes.add(len(want.prediction_set))
+    assert {0, 1, 2, 3, len(labels)} <= sizes, f"the rows should give every kind of set, got sizes {sizes}"
 
 
 def test_fp16_weights_halve_the_download_and_keep_the_graph(tmp_path: Path) -> None:
@@ -514,3 +695,4 @@ def test_api_site_leaves_the_in_browser_sources_out(tmp_path: Path) -> None:
 
     files = build_site("https://api.example.org", tmp_path / "site")
     assert files and not (tmp_path / "site" / "local").exists()
+    assert (tmp_path / "site" / "result.js").is_file()  # both Recognize pages draw results with it

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ethnic_group_recognizer.config import ABSTAIN_TEXT, PACKAGE_DIR, Config
+from ethnic_group_recognizer.config import PACKAGE_DIR, Config
 
 WEB_DIR = PACKAGE_DIR / "web"
 CONFIG_FILE = "config.js"
@@ -281,7 +281,7 @@ def _choose_weights(recognizer, weights: str, work: Path) -> tuple[Path, str, di
 
 def api_documents(recognizer) -> dict[str, str]:
     """Static copies of the API's model routes, for the pages that read them (About)."""
-    from ethnic_group_recognizer.serve.app import labels_payload, model_card_text
+    from ethnic_group_recognizer.serve.core import labels_payload, model_card_text
 
     model = {
         **recognizer.metadata,
@@ -312,6 +312,7 @@ def build_in_browser_site(
     folder, ``vendor_ort.RuntimeFetchError`` when the runtime cannot be fetched.
     """
     from ethnic_group_recognizer.model import LOW_DATA_IMAGES, Recognizer
+    from ethnic_group_recognizer.serve.core import model_texts
     from ethnic_group_recognizer.vendor_ort import (
         INTEGRITY,
         LICENSE_FILE,
@@ -382,7 +383,7 @@ def build_in_browser_site(
             "wasm": _file_facts(root / RUNTIME_DIR / WASM_FILE, f"{RUNTIME_DIR}/{WASM_FILE}"),
         },
         "low_data_below": LOW_DATA_IMAGES,
-        "abstain_text": ABSTAIN_TEXT,
+        "abstain_text": model_texts(recognizer).abstain_text,
         "explain_grid": _explain_constants()[0],
         "overlay_max_side": _explain_constants()[1],
         "limits": {"max_pixels": config.max_pixels, "min_side": config.min_side},

@@ -32,7 +32,7 @@ from PIL import Image
 from ethnic_group_recognizer.config import PACKAGE_DIR, Config
 from ethnic_group_recognizer.model import Recognizer
 from ethnic_group_recognizer.serve.batching import MicroBatcher
-from ethnic_group_recognizer.serve.core import (  # noqa: F401 - labels_payload, model_card_text: site.py reads them here
+from ethnic_group_recognizer.serve.core import (  # noqa: F401 - labels_payload, model_card_text re-exported for callers of serve.app
     API,
     labels_payload,
     model_card_text,

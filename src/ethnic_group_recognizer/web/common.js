@@ -112,6 +112,8 @@ const EGR = (() => {
       // A model trained without "other" photos cannot abstain: its threshold is 0.
       canAbstain: meta.can_abstain !== false && !(typeof meta.threshold === "number" && meta.threshold <= 0),
       threshold: typeof meta.threshold === "number" ? meta.threshold : null,
+      // How the threshold is applied (calibrate.py): "top-label" for models before prediction sets.
+      abstainRule: text(meta.abstain_rule) || "top-label",
     };
   }
 

@@ -1,5 +1,5 @@
 // The Recognize page: take a photo (drop, pick, paste, gallery), downscale it, send it, and show the
-// answer (a label, a prediction set or "none of these") above every label's score and "none of these".
+// answer with result.js (shared with the in-browser page): a label, a set or "none of these".
 "use strict";
 
 (() => {
@@ -14,8 +14,6 @@
   /** Photos are sent at twice the model's input scale (short side), enough for every crop it takes. */
   const FALLBACK_SHORT_SIDE = 640;
   const JPEG_QUALITY = 0.92;
-  /** Above this many labels a prediction set says "uncertain" and folds its list. */
-  const SET_UNFOLDED_MAX = 4;
 
   // ---- input ---------------------------------------------------------------------------
   function setup() {
@@ -67,10 +65,7 @@
     EGR.model()
       .then((model) => {
         info = EGR.describe(model);
-        if (info.threshold !== null) {
-          $("threshold").textContent = `${EGR.percent(info.threshold)} (its calibrated threshold)`;
-        }
-        $("threshold-hint").hidden = !info.canAbstain;
+        EGRResult.showThreshold(info);
         const limit = info.maxUploadBytes ? ` The server accepts at most ${EGR.mebibytes(info.maxUploadBytes)}.` : "";
         $("size-hint").textContent =
           `Larger photos are made smaller in this browser (${targetShortSide()} px on the short side) ` +
@@ -188,156 +183,10 @@
     $("preview-figure").hidden = false;
   }
 
-  // ---- the result ----------------------------------------------------------------------------
-  function strong(text) {
-    const element = document.createElement("strong");
-    element.textContent = text;
-    return element;
-  }
-
-  /** The labels of a prediction set, or null for a server that sends none (older servers). */
-  function predictionSet(result) {
-    if (!Array.isArray(result.prediction_set)) return null;
-    return result.prediction_set.filter((label) => typeof label === "string");
-  }
-
-  /** "X", "X or Y", "X, Y or Z" as strong names. */
-  function alternatives(labels) {
-    const parts = [];
-    labels.forEach((label, index) => {
-      if (index > 0) parts.push(index === labels.length - 1 ? " or " : ", ");
-      parts.push(strong(label));
-    });
-    return parts;
-  }
-
-  function coverageSentence(result) {
-    const share = typeof result.coverage === "number" && result.coverage > 0 && result.coverage < 1
-      ? EGR.percent(result.coverage)
-      : null;
-    return (
-      `A set like this contains the right label for ${share ? `${share} of` : "most"} photos like the ones the ` +
-      "model was calibrated on. It is a promise about many photos, not about this one, and it holds less " +
-      "well for photos unlike the training photos."
-    );
-  }
-
-  function renderVerdict(result) {
-    const verdict = $("verdict");
-    const note = $("coverage-note");
-    const members = predictionSet(result);
-    const count = result.scores.length;
-    const top = result.scores[0];
-    const none = result.abstained || (members !== null && members.length === 0);
-    verdict.innerHTML = "";
-    verdict.classList.toggle("abstain", none);
-    verdict.dataset.kind = none ? "none" : members === null ? "label" : members.length === 1 ? "single" : "set";
-    note.hidden = true;
-    const line = document.createElement("p");
-    verdict.append(line);
-    if (none) {
-      line.append(
-        strong(`${EGR.noneOfThese(info, count)}.`),
-        ` The photo does not look enough like any of the ${count} labels the model knows ` +
-          `(closest: ${top.label}, ${EGR.percent(top.probability)}).`,
-      );
-      return;
-    }
-    if (members === null || members.length === 1) {
-      const label = members === null ? result.label : members[0];
-      const score = result.scores.find((s) => s.label === label);
-      const probability = score ? score.probability : result.confidence;
-      line.append("Most like ", strong(label), ` (${EGR.percent(probability)}).`);
-    } else if (members.length <= SET_UNFOLDED_MAX) {
-      line.append("One of: ", ...alternatives(members), ".");
-    } else {
-      line.append(strong("Uncertain"), `: it could be any of ${members.length} labels.`);
-      const details = document.createElement("details");
-      const summary = document.createElement("summary");
-      summary.textContent = `Show the ${members.length} labels`;
-      const list = document.createElement("ul");
-      for (const label of members) {
-        list.append(Object.assign(document.createElement("li"), { textContent: label }));
-      }
-      details.append(summary, list);
-      verdict.append(details);
-    }
-    if (members !== null) {
-      note.textContent = coverageSentence(result);
-      note.hidden = false;
-    }
-  }
-
-  function renderLowData(result) {
-    const warning = $("low-data-warning");
-    const members = predictionSet(result);
-    const named = result.abstained ? [] : members && members.length ? members : result.label ? [result.label] : [];
-    const low = result.scores.filter((s) => s.low_data && named.includes(s.label));
-    if (!low.length) {
-      warning.hidden = true;
-      return;
-    }
-    const parts = low.map((s) => `${s.training_images} training photo${s.training_images === 1 ? "" : "s"} of ${s.label}`);
-    warning.textContent =
-      `Warning: the model has seen only ${EGR.listing(parts)}. ` +
-      `This answer is a guess; check it before relying on it.`;
-    warning.hidden = false;
-  }
-
-  /** The ranked rows: every label, and "none of these" (1 - their sum) as its own row. */
-  function rows(result) {
-    const total = result.scores.reduce((sum, s) => sum + (Number(s.probability) || 0), 0);
-    const noneRow = {
-      label: `${EGR.noneOfThese(info, result.scores.length)}`,
-      probability: Math.max(0, Math.min(1, 1 - total)),
-      none: true,
-    };
-    const all = result.scores.map((s) => ({ ...s, none: false }));
-    const at = all.findIndex((s) => s.probability < noneRow.probability);
-    all.splice(at === -1 ? all.length : at, 0, noneRow);
-    return all;
-  }
-
-  function renderScores(result) {
-    const list = $("scores");
-    list.innerHTML = "";
-    const topLabel = result.abstained ? null : result.scores[0].label;
-    for (const score of rows(result)) {
-      const item = document.createElement("li");
-      item.className = "score" + (score.none ? " none-of-these" : "") + (score.label === topLabel && !score.none ? " top" : "");
-      item.dataset.label = score.none ? "" : score.label;
-      const head = document.createElement("div");
-      head.className = "score-head";
-      const label = document.createElement("span");
-      label.className = "score-label";
-      label.textContent = score.label;
-      head.append(label);
-      if (score.low_data) {
-        const badge = document.createElement("span");
-        badge.className = "badge";
-        badge.textContent = `few training photos (${score.training_images})`;
-        head.append(" ", badge);
-      }
-      const value = document.createElement("span");
-      value.className = "score-value";
-      value.textContent = EGR.percent(score.probability);
-      head.append(value);
-      const bar = document.createElement("div");
-      bar.className = "bar";
-      bar.setAttribute("aria-hidden", "true");
-      const fill = document.createElement("span");
-      fill.style.width = `${Math.max(0, Math.min(100, score.probability * 100)).toFixed(1)}%`;
-      bar.append(fill);
-      item.append(head, bar);
-      list.append(item);
-    }
-  }
-
+  // ---- the result (drawn by result.js, shared with the in-browser page) -----------------------
   /** Show one /api/v1/predict response (exposed as Recognize.renderResult for the page's tests). */
   function renderResult(result, name) {
-    renderVerdict(result);
-    renderLowData(result);
-    renderScores(result);
+    EGRResult.render(result, name, info);
     const heatmap = $("heatmap");
     if (result.explanation) {
       heatmap.src = result.explanation.heatmap_png;
@@ -351,7 +200,6 @@
     } else {
       $("heatmap-legend").hidden = true;
     }
-    $("result").hidden = false;
   }
 
   function showError(message) {
@@ -449,14 +297,6 @@
     }
   }
 
-  /** The answer in a few words, for a gallery caption: the label, "A or B", or "none of these". */
-  function shortAnswer(result) {
-    const members = predictionSet(result);
-    if (result.abstained || (members !== null && members.length === 0)) return EGR.noneOfThese(info, result.scores.length);
-    if (members === null || members.length === 1) return members ? members[0] : result.label;
-    return members.length <= SET_UNFOLDED_MAX ? EGR.listing(members, "or") : `uncertain (${members.length} labels)`;
-  }
-
   /** Keep a 224 px copy of the photo and its result in localStorage (this browser only). */
   function remember_(blob, result) {
     const url = URL.createObjectURL(blob);
@@ -468,7 +308,7 @@
       canvas.height = Math.max(32, Math.round(img.naturalHeight * scale));
       canvas.getContext("2d").drawImage(img, 0, 0, canvas.width, canvas.height);
       URL.revokeObjectURL(url);
-      const entry = { thumb: canvas.toDataURL("image/jpeg", 0.8), display: shortAnswer(result), time: Date.now() };
+      const entry = { thumb: canvas.toDataURL("image/jpeg", 0.8), display: EGRResult.shortAnswer(result, info), time: Date.now() };
       const items = [entry, ...history()].slice(0, HISTORY_MAX);
       try {
         localStorage.setItem(HISTORY_KEY, JSON.stringify(items));

@@ -1,7 +1,8 @@
 // The in-browser Recognize page: decode the photo here, hand its pixels to the model's Web Worker,
 // show the result. Nothing leaves the device: the only requests go to this site's own files.
-// The result element carries data-photo (the file's name), data-label (the top label, "" when the
-// model abstains) and data-scores (JSON: every label's probability), for tests and integrations.
+// The result is drawn by result.js, as on the API's page. The result element carries data-photo
+// (the file's name), data-label (the top label, "" when the model abstains), data-prediction-set
+// (JSON) and data-scores (JSON: every label's probability and "other"), for tests and integrations.
 
 const $ = (id) => document.getElementById(id);
 const ROOT = new URL("../", import.meta.url);
@@ -9,6 +10,8 @@ const ROOT = new URL("../", import.meta.url);
 const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11]);
 
 let site = null;
+/** The model's own words (its "none of these", threshold, rule), as the API page reads them. */
+let info = EGR.describe(null);
 let worker = null;
 let ready = null; // resolves when the model is loaded
 let nextId = 0;
@@ -23,11 +26,6 @@ function setState(state) {
 
 function megabytes(bytes) {
   return `${(bytes / 1e6).toFixed(1)} MB`;
-}
-
-function percent(p) {
-  const value = p * 100;
-  return value >= 10 || value === 0 ? `${value.toFixed(0)}%` : `${value.toFixed(1)}%`;
 }
 
 /** Why this browser cannot run the model, or "" when it can. */
@@ -111,7 +109,8 @@ async function start() {
     `The model (${site.model.name} ${site.model.version}, ${megabytes(modelBytes)}, ${site.model.weights} weights) ` +
     `and its runtime (onnxruntime-web ${site.runtime.version}, ${megabytes(runtimeBytes)}) are downloaded once ` +
     `from this site and kept by your browser; after that the page works offline.`;
-  $("threshold").textContent = `${percent(site.model.threshold)} (its calibrated threshold)`;
+  info = await EGR.modelInfo(); // api/model.json, written by the build: what /api/v1/model would say
+  EGRResult.showThreshold(info);
   worker = new Worker(new URL("device-worker.js", import.meta.url), { type: "module" });
   worker.onmessage = onWorkerMessage;
   worker.onerror = (event) => {
@@ -122,11 +121,11 @@ async function start() {
   setState("loading");
   $("download-text").textContent = "starting…";
   try {
-    const info = await ready;
+    const loaded = await ready;
     $("download").value = $("download").max;
     $("download-text").textContent =
-      `${info.fromCache ? "loaded from this browser's cache" : "downloaded"}; ready ` +
-      `(${info.threads === 1 ? "one thread" : `${info.threads} threads`})`;
+      `${loaded.fromCache ? "loaded from this browser's cache" : "downloaded"}; ready ` +
+      `(${loaded.threads === 1 ? "one thread" : `${loaded.threads} threads`})`;
     setState("ready");
   } catch (error) {
     setState("error");
@@ -189,6 +188,8 @@ async function classify(blob, name) {
   } catch (error) {
     if (id !== currentId) return;
     $("preview-figure").hidden = true;
+    $("heatmap-toggle-row").hidden = true;
+    $("heatmap-legend").hidden = true;
     $("status").textContent = "";
     showError(`Could not classify ${name}: ${error.message}`);
   }
@@ -209,7 +210,9 @@ async function explain(id, name, prediction) {
     `Heatmap over ${name}: red regions are those the score for ${explanation.label} depends on most ` +
     `(computed on this device in ${(explanation.milliseconds / 1000).toFixed(1)} s).`;
   heatmap.hidden = !$("show-heatmap").checked;
+  $("heatmap-label").textContent = explanation.label;
   $("heatmap-toggle-row").hidden = false;
+  $("heatmap-legend").hidden = false;
   $("status").textContent =
     `Classified and explained ${name}, on this device` + (prediction.abstained ? " (explaining the closest label)." : ".");
 }
@@ -266,86 +269,23 @@ function showPreview(blob, name) {
   $("preview-caption").textContent = name;
   $("heatmap").hidden = true;
   $("heatmap-toggle-row").hidden = true;
+  $("heatmap-legend").hidden = true;
   $("preview-figure").hidden = false;
 }
 
-function renderPredictionSet(prediction) {
-  const box = $("prediction-set");
-  const members = prediction.prediction_set;
-  box.hidden = !(members && members.length > 1);
-  if (box.hidden) return;
-  box.textContent = members.length > 4 ? `Uncertain: one of ${members.join(", ")}.` : `One of: ${members.join(" or ")}.`;
-}
-
+/**
+ * Show the worker's answer with the API page's own renderer (result.js): the prediction has the
+ * /api/v1/predict shape (local/decide.js). data-scores adds every probability, "other" included.
+ */
 function renderResult(result, name) {
   const prediction = result.prediction;
-  const top = prediction.scores[0];
+  EGRResult.render(prediction, name, info);
   const element = $("result");
-  element.dataset.photo = name;
-  element.dataset.label = prediction.label === null ? "" : prediction.label;
   element.dataset.scores = JSON.stringify(
     Object.fromEntries([...prediction.scores.map((s) => [s.label, s.probability]), ["other", prediction.abstain_probability]]),
   );
   delete element.dataset.heatmap;
   delete element.dataset.explained;
-  const verdict = $("verdict");
-  verdict.classList.toggle("abstain", prediction.abstained);
-  verdict.innerHTML = "";
-  const strong = document.createElement("strong");
-  if (prediction.abstained) {
-    strong.textContent = "None of these 12.";
-    verdict.append(
-      strong,
-      ` The photo does not look enough like the visual culture of any of the 12 groups the model knows ` +
-        `(closest: ${top.label}, ${percent(top.probability)}).`,
-    );
-  } else {
-    strong.textContent = prediction.label;
-    verdict.append("Most like the visual culture of ", strong, ` (${percent(prediction.confidence)}).`);
-  }
-  renderPredictionSet(prediction);
-  const warning = $("low-data-warning");
-  if (!prediction.abstained && prediction.low_data) {
-    const count = top.training_images;
-    warning.textContent =
-      `Warning: the model has seen only ${count} training photo${count === 1 ? "" : "s"} of ${prediction.label}. ` +
-      "This answer is a guess; check it before relying on it.";
-    warning.hidden = false;
-  } else {
-    warning.hidden = true;
-  }
-  const list = $("scores");
-  list.innerHTML = "";
-  prediction.scores.forEach((score, index) => {
-    const item = document.createElement("li");
-    item.className = "score" + (index === 0 && !prediction.abstained ? " top" : "");
-    item.dataset.label = score.label;
-    const head = document.createElement("div");
-    head.className = "score-head";
-    const label = document.createElement("span");
-    label.className = "score-label";
-    label.textContent = score.label;
-    head.append(label);
-    if (score.low_data) {
-      const badge = document.createElement("span");
-      badge.className = "badge";
-      badge.textContent = `few training photos (${score.training_images})`;
-      head.append(" ", badge);
-    }
-    const value = document.createElement("span");
-    value.className = "score-value";
-    value.textContent = percent(score.probability);
-    head.append(value);
-    const bar = document.createElement("div");
-    bar.className = "bar";
-    bar.setAttribute("aria-hidden", "true");
-    const fill = document.createElement("span");
-    fill.style.width = `${Math.max(0, Math.min(100, score.probability * 100)).toFixed(1)}%`;
-    bar.append(fill);
-    item.append(head, bar);
-    list.append(item);
-  });
-  element.hidden = false;
 }
 
 // ---- input -------------------------------------------------------------------------------------
