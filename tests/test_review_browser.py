@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from fixtures_static.servers import serve_in_thread
 from test_clean import make_planted, snapshot
 
 from ethnic_group_recognizer import clean
@@ -35,21 +33,8 @@ def dataset(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def review(dataset: Path) -> Iterator[str]:
-    server = uvicorn.Server(
-        uvicorn.Config(create_review_app(dataset), host="127.0.0.1", port=0, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "review server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(create_review_app(dataset)) as url:
+        yield url + "/"
 
 
 def left(page) -> int:

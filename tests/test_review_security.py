@@ -6,7 +6,6 @@ requests (httpx) and, for cross-site forms, from a page on another origin in hea
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import io
 import json
@@ -20,8 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from conftest import pattern_image
+from fixtures_static.servers import serve_in_thread as running
 from PIL import Image
 from test_clean import make_planted
 
@@ -32,24 +31,6 @@ from ethnic_group_recognizer.serve.review import create_review_app
 
 SECRET = b"TOP SECRET: this file lies outside the dataset"
 TIMEOUT_MS = 20_000
-
-
-@contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """Serve ``app`` on a free port of 127.0.0.1; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "review server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def jpeg(seed: int) -> bytes:
