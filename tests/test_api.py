@@ -437,3 +437,12 @@ def test_a_users_model_speaks_for_itself(own_model_server: LiveServer) -> None:
     card = httpx.get(base + "/api/v1/model-card", timeout=30).text
     assert_no_shipped_words(card)
     assert "None of these 3" in card and "kimono" in card
+
+
+def test_too_large_messages_speak_mib() -> None:
+    """People read upload limits in MiB; the exact byte count stays for clients that want it."""
+    from ethnic_group_recognizer.serve.errors import mib, too_large
+
+    assert mib(10 * 2**20) == "10 MiB" and mib(19_361_543) == "18.5 MiB"
+    message = too_large(19_361_543, 10 * 2**20)
+    assert "18.5 MiB" in message and "10 MiB" in message and "19,361,543 bytes" in message

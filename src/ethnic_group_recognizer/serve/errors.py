@@ -78,9 +78,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(error.status_code, str(error.detail)), status_code=error.status_code)
 
 
+def mib(n_bytes: int | float) -> str:
+    """A byte count in MiB as people read upload limits ("10 MiB", "18.5 MiB")."""
+    value = n_bytes / 2**20
+    return f"{value:.0f} MiB" if value >= 100 or float(value).is_integer() else f"{value:.1f} MiB"
+
+
+def too_large(size: int | float, limit: int) -> str:
+    """The one 413 message: sizes in MiB, and the exact bytes for a client that wants them."""
+    return f"the photo is {mib(size)} ({int(size):,} bytes); the limit is {mib(limit)}"
+
+
 def check_size(data: bytes | bytearray, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
     if len(data) > max_bytes:
-        raise APIError(413, f"image is {len(data):,} bytes; the limit is {max_bytes:,} bytes")
+        raise APIError(413, too_large(len(data), max_bytes))
 
 
 def decode_data_url(text: str, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> bytes:

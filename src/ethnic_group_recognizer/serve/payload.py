@@ -14,7 +14,7 @@ from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ethnic_group_recognizer.serve.errors import APIError, decode_data_url
+from ethnic_group_recognizer.serve.errors import APIError, decode_data_url, mib
 
 #: Room in a body for multipart headers and boundaries, or the JSON wrapper and data-URL prefix.
 BODY_SLACK_BYTES = 64 * 1024
@@ -38,11 +38,14 @@ async def read_limited(request: Request, limit: int) -> bytearray:
     """The request body, but a 413 as soon as it is known to pass ``limit`` (declared or streamed)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body is {int(declared):,} bytes; the limit is {limit:,} bytes")
+        raise APIError(
+            413,
+            f"request body is {mib(int(declared))} ({int(declared):,} bytes); the limit for a request body is {mib(limit)}",
+        )
     body = bytearray()  # one growing buffer: no list of chunks plus a joined copy
     async for chunk in request.stream():
         if len(body) + len(chunk) > limit:
-            raise APIError(413, f"request body is over the limit of {limit:,} bytes")
+            raise APIError(413, f"request body is over the limit of {mib(limit)} ({limit:,} bytes)")
         body += chunk
     return body
 
