@@ -237,7 +237,7 @@ def gradio3_payload(
 
 def labels_payload(recognizer: Recognizer) -> dict:
     """The model's labels with training counts, low-data flags and held-out metrics from its card."""
-    metrics = recognizer.metadata.get("metrics") or {}
+    metrics = recognizer.model_dir.metadata.metrics or {}
     per_class = metrics.get("per_class") or {}
     low = set(recognizer.low_data_labels())
     labels = []
