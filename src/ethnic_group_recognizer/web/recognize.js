@@ -123,7 +123,7 @@
     hideError();
     $("status").textContent = `Classifying ${name}…`;
     $("result").hidden = true;
-    showPreview(blob, name);
+    EGRResult.showPreview(blob, name);
     const explain = $("explain").checked;
     try {
       await EGR.model().catch(() => null); // the input size and limit, when the server gives them
@@ -164,23 +164,6 @@
     if (top >= 0 && top < window.innerHeight * 0.5) return;
     const reduce = window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
     panel.scrollIntoView({ behavior: reduce ? "auto" : "smooth", block: "start" });
-  }
-
-  function showPreview(blob, name) {
-    const preview = $("preview");
-    if (preview.dataset.url) URL.revokeObjectURL(preview.dataset.url);
-    const url = URL.createObjectURL(blob);
-    preview.dataset.url = url;
-    preview.onerror = () => {
-      $("preview-figure").hidden = true;
-    };
-    preview.src = url;
-    preview.alt = `The photo being classified: ${name}`;
-    $("preview-caption").textContent = name;
-    $("heatmap").hidden = true;
-    $("heatmap-toggle-row").hidden = true;
-    $("heatmap-legend").hidden = true;
-    $("preview-figure").hidden = false;
   }
 
   // ---- the result (drawn by result.js, shared with the in-browser page) -----------------------

@@ -210,5 +210,27 @@ window.EGRResult = (() => {
         : `It answers "${none}" when the top label is below ${at}.`;
   }
 
-  return { render, shortAnswer, predictionSet, showThreshold, SET_UNFOLDED_MAX };
+  /**
+   * Show the photo being classified in #preview (its previous object URL released) and hide the
+   * last photo's heatmap; returns the photo's object URL, which the heatmap overlay draws on.
+   */
+  function showPreview(blob, name) {
+    const preview = $("preview");
+    if (preview.dataset.url) URL.revokeObjectURL(preview.dataset.url);
+    const url = URL.createObjectURL(blob);
+    preview.dataset.url = url;
+    preview.onerror = () => {
+      $("preview-figure").hidden = true;
+    };
+    preview.src = url;
+    preview.alt = `The photo being classified: ${name}`;
+    $("preview-caption").textContent = name;
+    $("heatmap").hidden = true;
+    $("heatmap-toggle-row").hidden = true;
+    $("heatmap-legend").hidden = true;
+    $("preview-figure").hidden = false;
+    return url;
+  }
+
+  return { render, shortAnswer, predictionSet, showThreshold, showPreview, SET_UNFOLDED_MAX };
 })();

@@ -175,7 +175,7 @@ async function classify(blob, name) {
   currentName = name;
   $("status").textContent = `Classifying ${name} on this device…`;
   $("result").hidden = true;
-  showPreview(blob, name);
+  currentPhotoUrl = EGRResult.showPreview(blob, name);
   try {
     await ready;
     const { width, height, rgba } = await decode(blob);
@@ -255,22 +255,6 @@ async function overlay(photoUrl, heatmap) {
   }
   context.putImageData(pixels, 0, 0);
   return canvas.toDataURL("image/png");
-}
-
-function showPreview(blob, name) {
-  const preview = $("preview");
-  if (currentPhotoUrl) URL.revokeObjectURL(currentPhotoUrl);
-  currentPhotoUrl = URL.createObjectURL(blob);
-  preview.onerror = () => {
-    $("preview-figure").hidden = true;
-  };
-  preview.src = currentPhotoUrl;
-  preview.alt = `The photo being classified: ${name}`;
-  $("preview-caption").textContent = name;
-  $("heatmap").hidden = true;
-  $("heatmap-toggle-row").hidden = true;
-  $("heatmap-legend").hidden = true;
-  $("preview-figure").hidden = false;
 }
 
 /**
