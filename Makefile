@@ -38,10 +38,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# Re-train the shipped default model from ../shared/data, reproducibly (fixed seed, fixed split).
+# Re-train the shipped default model from ../shared/data, reproducibly (fixed seed, fixed split);
+# its card (title, wording, data sources, failure modes) is cards/default.toml.
 model: $(STAMP)
 	$(BIN)/egr data import $(SHARED)/scraped $(SHARED)/examples $(SHARED)/other --out data/shared
-	$(BIN)/egr train data/shared --out src/ethnic_group_recognizer/default_model --name default
+	$(BIN)/egr train data/shared --out src/ethnic_group_recognizer/default_model --name default --card cards/default.toml
 	$(BIN)/egr evaluate src/ethnic_group_recognizer/default_model data/shared --split val --out reports/default --update-model
 
 clean-venv:

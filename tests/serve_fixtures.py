@@ -127,6 +127,7 @@ def tiny_model(directory: Path, labels: tuple[str, ...] = OWN_LABELS) -> Path:
             backbone=BackboneInfo(name="mean-colour", image_size=TINY_SIZE, pooling="mean"),
             calibration=Calibration(temperature=1.0, threshold=0.5, calibrated_on="nothing (a test graph)"),
             tta=False,
+            format_version=1,  # a hand-made one-view-a-row graph [N, 3, S, S]
             training_counts=dict.fromkeys(labels, 40),
             abstain_training_count=0,
             provenance=Provenance(0, 0.2, 0, 0, "", "", 0.0),

@@ -424,7 +424,7 @@ def test_a_users_model_speaks_for_itself(own_model_server: LiveServer) -> None:
     assert "kimono" in spec["info"]["summary"] and "my costumes" in spec["info"]["title"]
     labels = httpx.get(base + "/api/v1/labels", timeout=30).json()
     assert [row["label"] for row in labels["labels"]] == list(OWN_LABELS)
-    assert labels["abstain"] == {"label": None, "text": "None of these 3"}
+    assert labels["abstain"] == {"label": None, "text": "None of these 3", "can_abstain": True}
     grey = encode(Image.new("RGB", (64, 64), (128, 128, 128)), "PNG")
     answer = httpx.post(base + PREDICT, files={"image": ("g.png", grey)}, timeout=60).json()
     assert answer["label"] is None and answer["display_label"] == "None of these 3"

@@ -233,7 +233,8 @@ def test_embed_and_embed_import_commands(photos, tmp_path, monkeypatch):
     assert imported.exit_code == 0, imported.output
     assert "cached 10 embeddings and 10 mirrored" in imported.output
     names = sorted(p.name for p in (cache / "embeddings").iterdir())
-    assert [name.rsplit("-", 2)[1:] for name in names] == [["squish", "mirror.npz"], ["squish", "plain.npz"]]
+    # the full-photo view and its mirror, decoded as the Ray reader does (draft to the 320 px input)
+    assert [name.split("-squish-")[1] for name in names] == ["full-d320.npz", "full-m-d320.npz"]
 
 
 def test_engine_is_checked_in_one_place(photos, tmp_path):

@@ -75,6 +75,7 @@ def corner_model(directory: Path) -> Path:
             backbone=BackboneInfo(name="corner-slice", image_size=SIZE, pooling="mean"),
             calibration=Calibration(temperature=1.0, threshold=0.5, calibrated_on="nothing (a test graph)"),
             tta=False,
+            format_version=1,  # a hand-made one-view-a-row graph [N, 3, S, S]
             training_counts=dict.fromkeys(LABELS, 100),
             abstain_training_count=0,
             provenance=Provenance(

@@ -18,7 +18,7 @@ from ethnic_group_recognizer.model import attach_head
 
 
 def test_attach_head_matches_numpy(tmp_path):
-    """The head built with onnx.helper computes softmax(unit(e) @ W.T + b) / T exactly."""
+    """The head averages each photo's unit view features, then computes softmax((unit(m) @ W.T + b) / T)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -36,15 +36,18 @@ def test_attach_head_matches_numpy(tmp_path):
     rng = np.random.default_rng(0)
     weights, bias, temperature = rng.normal(size=(3, 4)), rng.normal(size=3), 1.7
     attach_head(backbone, weights, bias, temperature, tmp_path / "model.onnx")
-    pixels = rng.normal(size=(5, 4, 8, 8)).astype(np.float32)
-    probabilities, embedding = ort.InferenceSession(str(tmp_path / "model.onnx")).run(
-        None, {"pixels": pixels}
-    )
-    unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
-    logits = (unit @ weights.T + bias) / temperature
-    expected = np.exp(logits - logits.max(1, keepdims=True))
-    expected /= expected.sum(1, keepdims=True)
-    np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    for views in (1, 3):
+        pixels = rng.normal(size=(5, views, 4, 8, 8)).astype(np.float32)
+        probabilities, embedding = session.run(None, {"pixels": pixels})
+        per_view = pixels.mean(axis=(3, 4))  # the tiny backbone: (5, views, 4)
+        mean = (per_view / np.linalg.norm(per_view, axis=2, keepdims=True)).mean(axis=1)
+        np.testing.assert_allclose(embedding, mean, rtol=1e-4, atol=1e-6)
+        unit = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+        logits = (unit @ weights.T + bias) / temperature
+        expected = np.exp(logits - logits.max(1, keepdims=True))
+        expected /= expected.sum(1, keepdims=True)
+        np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_shipped_default_model_is_complete_and_small():

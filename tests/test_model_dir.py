@@ -162,6 +162,20 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
         ),
         "preprocessing.resize is 'crop'",
     ),
+    "views missing": (
+        lambda f: edit_json(
+            f / "metadata.json",
+            lambda d: {**d, "preprocessing": {k: v for k, v in d["preprocessing"].items() if k != "views"}},
+        ),
+        "preprocessing.views: views must be a list",
+    ),
+    "view outside the photo": (
+        lambda f: edit_json(
+            f / "metadata.json",
+            lambda d: {**d, "preprocessing": {**d["preprocessing"], "views": [{"box": [0, 0, 2, 1]}]}},
+        ),
+        "preprocessing.views: a view's box must lie inside the photo",
+    ),
     "unknown format version": (
         lambda f: edit_json(f / "metadata.json", lambda d: {**d, "format_version": FORMAT_VERSION + 1}),
         f"model format version {FORMAT_VERSION + 1} is newer than this egr understands",
@@ -188,20 +202,26 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda f: tiny_onnx(
             f / "model.onnx",
             "pixels",
-            ["batch", 1, 320, 320],
+            ["batch", "views", 1, 320, 320],
             {"probabilities": ["batch", 1, 320, 320], "embedding": ["batch", 1, 320, 320]},
         ),
-        "expected float [batch, 3, 320, 320]",
+        "expected float [batch, views, 3, 320, 320]",
     ),
     "other image size": (
         lambda f: tiny_onnx(
-            f / "model.onnx", "pixels", ["batch", 3, 224, 224], {"probabilities": ["batch", 3, 224, 224]}
+            f / "model.onnx",
+            "pixels",
+            ["batch", "views", 3, 224, 224],
+            {"probabilities": ["batch", 3, 224, 224]},
         ),
-        "expected float [batch, 3, 320, 320]",
+        "expected float [batch, views, 3, 320, 320]",
     ),
     "no embedding output": (
         lambda f: tiny_onnx(
-            f / "model.onnx", "pixels", ["batch", 3, 320, 320], {"probabilities": ["batch", 3, 320, 320]}
+            f / "model.onnx",
+            "pixels",
+            ["batch", "views", 3, 320, 320],
+            {"probabilities": ["batch", 3, 320, 320]},
         ),
         "no output named 'embedding'",
     ),
@@ -266,7 +286,7 @@ def test_broken_model_folder_is_refused_with_one_clear_line(tmp_path, case):
 
 
 def test_a_graph_with_a_dynamic_output_width_is_measured(tmp_path):
-    """A width the graph does not declare is found by running it once on a blank image."""
+    """A width the graph does not declare is found by running it once on a blank photo (7 views)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -278,14 +298,19 @@ def test_a_graph_with_a_dynamic_output_width_is_measured(tmp_path):
             helper.make_node("Identity", ["embedding"], ["probabilities"]),
         ],
         "dynamic",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [
+            helper.make_tensor_value_info(
+                "pixels", TensorProto.FLOAT, ["batch", "views", 3, "height", "width"]
+            )
+        ],
         [
             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", "classes"]),
             helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", "features"]),
         ],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "model.onnx")
-    with pytest.raises(ModelError, match="the graph has 3 outputs but labels.json lists 12 labels"):
+    # GlobalAveragePool reads the 7 views as channels: 7 outputs
+    with pytest.raises(ModelError, match="the graph has 7 outputs but labels.json lists 12 labels"):
         Recognizer.load(folder)
 
 

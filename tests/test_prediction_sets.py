@@ -157,7 +157,8 @@ def test_in_scope_share_threshold_reaches_the_other_target():
         ({"epochs": 0}, "epochs"),
         ({"abstain_rule": "max"}, "abstain_rule"),
         ({"regularization": float("nan")}, "regularization"),
-        ({"tta": "yes"}, "tta"),
+        ({"views": "all"}, "views"),
+        ({"mode": "finetune", "views": "crops"}, "views 'crops' is for the probe"),
     ],
 )
 def test_train_options_refuse_impossible_settings(options, message):

@@ -129,4 +129,6 @@ def test_api_site_leaves_out_the_review_tool(tmp_path: Path) -> None:
     assert (WEB_DIR / "review").is_dir()
     build_site("https://api.example.org", tmp_path / "site")
     assert not (tmp_path / "site" / "review").exists()
-    assert not [p for p in (tmp_path / "site").rglob("*") if "review" in p.relative_to(tmp_path / "site").parts]
+    assert not [
+        p for p in (tmp_path / "site").rglob("*") if "review" in p.relative_to(tmp_path / "site").parts
+    ]

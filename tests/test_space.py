@@ -24,7 +24,7 @@ import pytest
 from fixtures_static.servers import free_port, photo_bytes, run_server
 from typer.testing import CliRunner
 
-from ethnic_group_recognizer.config import ABSTAIN_TEXT, DEFAULT_MODEL_DIR
+from ethnic_group_recognizer.config import DEFAULT_MODEL_DIR
 from ethnic_group_recognizer.model import Recognizer
 from ethnic_group_recognizer.model_dir import ModelError, read_model_dir
 from ethnic_group_recognizer.space import (
@@ -336,7 +336,8 @@ def test_space_runs_from_a_fresh_venv_and_answers_gradio_client(shipped_model: P
         finally:
             client.close()
     labels = read_model_dir(space / "model").labels
-    assert isinstance(result, dict) and (result["label"] in labels or result["label"] == ABSTAIN_TEXT)
+    none_of_these = read_model_dir(space / "model").metadata.card_or_default.none_of_these
+    assert isinstance(result, dict) and (result["label"] in labels or result["label"] == none_of_these)
     expected = Recognizer.load(space / "model").predict(photo)
     assert not expected.abstained  # threshold 0: this model always names a class
     assert result["label"] == expected.display_label

@@ -59,7 +59,7 @@ def test_recognize_photo_then_non_image(page: object, live_server: LiveServer, t
     assert page.locator("#scores li.none-of-these").count() == 1
     assert page.locator("#error").is_hidden()
     verdict = page.locator("#verdict").inner_text()
-    assert re.match(r"(None of these 12\.|Most like |One of: |Uncertain: )", verdict), verdict
+    assert re.match(r"(None of the 12 groups\.|Most like |One of: |Uncertain: )", verdict), verdict
     percentages = [float(t.rstrip("%")) for t in page.locator("#scores .score-value").all_inner_texts()]
     assert percentages == sorted(percentages, reverse=True) and percentages[0] > 0
     assert page.locator("#scores .badge").count() >= 4  # the low-data labels are flagged

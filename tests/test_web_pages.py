@@ -141,12 +141,14 @@ def test_pages_speak_for_a_users_own_model(new_page, small_server: LiveServer, t
     )
     listed = page.locator("#label-list").inner_text()
     assert all(label in listed for label in labels)
-    assert page.locator(".brand").inner_text() == expected_title(model) == "test-model"
+    assert page.locator(".brand").inner_text() == expected_title(model) == "Recognizer: test model"
     assert "none of these 3" in page.locator("main").inner_text()
 
     for path in ("/", "/recognize.html", "/about.html"):
         page.goto(f"{small_server.base}{path}")
-        page.wait_for_function("(t) => document.querySelector('.brand').textContent === t", arg="test-model")
+        page.wait_for_function(
+            "(t) => document.querySelector('.brand').textContent === t", arg="Recognizer: test model"
+        )
         if path == "/about.html":
             page.wait_for_function("() => !document.getElementById('labels-table').hidden")
             assert page.locator("#labels-heading").inner_text() == "The 3 labels"
@@ -184,7 +186,8 @@ def test_none_of_these_is_its_own_row(new_page, live_server: LiveServer, tmp_pat
     assert none_row.count() == 1
     remainder = 1 - sum(score["probability"] for score in result["scores"])
     assert none_row.locator(".score-value").inner_text() == percent(max(0.0, remainder))
-    assert none_row.locator(".score-label").inner_text() == f"None of these {len(result['scores'])}"
+    model = httpx.get(f"{live_server.base}/api/v1/model", timeout=60).json()
+    assert none_row.locator(".score-label").inner_text() == model["card"]["none_of_these"]
     assert page.locator("#scores li").count() == len(result["scores"]) + 1
     values = [float(t.rstrip("%")) for t in page.locator("#scores .score-value").all_inner_texts()]
     assert values == sorted(values, reverse=True), "the none-of-these row takes its place in the ranking"
@@ -192,7 +195,7 @@ def test_none_of_these_is_its_own_row(new_page, live_server: LiveServer, tmp_pat
         verdict = page.locator("#verdict").inner_text()
         members = result["prediction_set"]
         if not members:
-            assert verdict.startswith("None of these")
+            assert verdict.startswith(model["card"]["none_of_these"])
         elif len(members) <= 4:
             assert all(label in verdict for label in members)
     assert page.errors == []
@@ -205,8 +208,13 @@ def test_prediction_set_display(new_page, live_server: LiveServer) -> None:
     page.wait_for_function("() => window.Recognize !== undefined")
     verdict, note = page.locator("#verdict"), page.locator("#coverage-note")
 
+    # The page names "none of these" as the served model's card does (the shipped model's words),
+    # once it has read the model (the header shows its title then).
+    card = httpx.get(f"{live_server.base}/api/v1/model", timeout=60).json()["card"]
+    page.wait_for_function("(t) => document.querySelector('.brand').textContent === t", arg=card["title"])
+    none_of_these = card["none_of_these"]
     render(page, crafted(labels, []))
-    assert verdict.inner_text().startswith("None of these 6.")
+    assert verdict.inner_text().startswith(f"{none_of_these}.")
     assert note.is_hidden()
 
     render(page, crafted(labels, ["Group A"]))

@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from ethnic_group_recognizer.config import Config
+from ethnic_group_recognizer.engine import grouped, prefetch
+from ethnic_group_recognizer.views import View, decode_side, render_views
 
 EMBEDDING_DIM = 1280
 #: Bumped whenever the export changes, so no cache built by an older export is ever reused.
@@ -88,14 +90,10 @@ def spec_for(backbone: str, config: Config | None = None) -> BackboneSpec:
 def preprocess(image: Image.Image, size: int, mirror: bool = False) -> np.ndarray:
     """RGB image -> CHW float32 scaled as the Lite models were trained: ``(pixel - 127) / 128``.
 
-    The whole photo is resized to a square ("squish") rather than centre-cropped: costume photos
-    are often full-length portraits, and a centre crop would cut off headdress and hem.
+    The full-photo view of :func:`views.render_views`: the whole photo is resized to a square
+    ("squish") rather than centre-cropped, since costume photos are often full-length portraits.
     """
-    resized = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    if mirror:
-        resized = ImageOps.mirror(resized)
-    array = np.asarray(resized, dtype=np.float32)
-    return ((array - 127.0) / 128.0).transpose(2, 0, 1)
+    return render_views(image, (View(mirror=mirror),), size)[0]
 
 
 def augment(image: Image.Image, rng: random.Random) -> Image.Image:
@@ -133,6 +131,9 @@ def onnx_session(path: str | Path, config: Config | None = None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = config.threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
+    # No busy-waiting between ops: a spinning thread takes the cycles the decode thread needs
+    # (engine.py), and costs 40-80 % more CPU a photo on 2 cores (docs/THROUGHPUT.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
@@ -286,7 +287,11 @@ class EmbeddingCache:
 
 
 class Embedder:
-    """Frozen-backbone feature extractor on onnxruntime, with an on-disk cache by content hash."""
+    """Frozen-backbone feature extractor on onnxruntime, with an on-disk cache by content hash.
+
+    Embeddings are per view (views.py) and per decode side (the JPEG draft scale changes the
+    pixels of large photos), so each (view, decode side) has its own cache file.
+    """
 
     def __init__(self, backbone: str = "lite0", config: Config | None = None, onnx_path: Path | None = None):
         self.config = config or Config()
@@ -295,38 +300,78 @@ class Embedder:
         self.session = onnx_session(onnx_path or backbone_onnx(backbone, self.config), self.config)
         self.output = self.session.get_outputs()[0].name
 
-    def embed_images(self, images: Sequence[Image.Image], mirror: bool = False) -> np.ndarray:
-        """Embeddings (N, 1280) of decoded images, in batches."""
-        out = []
-        size = self.spec.image_size
-        for start in range(0, len(images), self.config.batch_size):
-            batch = np.stack(
-                [preprocess(im, size, mirror) for im in images[start : start + self.config.batch_size]]
-            )
-            out.append(self.session.run([self.output], {"pixels": batch})[0])
-        return np.concatenate(out) if out else np.zeros((0, EMBEDDING_DIM), np.float32)
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output], {"pixels": pixels})[0]
 
-    def cache_for(self, mirror: bool = False) -> EmbeddingCache:
-        view = "mirror" if mirror else "plain"
-        name = f"{self.spec.tag}-squish-{view}.npz"
+    def embed_images(self, images: Sequence[Image.Image], mirror: bool = False) -> np.ndarray:
+        """Embeddings (N, 1280) of the full view (or its mirror) of decoded images."""
+        return self.embed_image_views(images, (View(mirror=mirror),))[:, 0]
+
+    def embed_image_views(self, images: Sequence[Image.Image], views: Sequence[View]) -> np.ndarray:
+        """Embeddings (N, V, 1280) of ``views`` of decoded images, ``config.batch_size`` photos a run."""
+        out = []
+        size, step = self.spec.image_size, self.config.batch_size
+        for start in range(0, len(images), step):
+            pixels = np.stack([render_views(im, views, size) for im in images[start : start + step]])
+            out.append(self._run(pixels.reshape(-1, *pixels.shape[2:])).reshape(len(pixels), len(views), -1))
+        return np.concatenate(out) if out else np.zeros((0, len(views), EMBEDDING_DIM), np.float32)
+
+    def cache_for(self, view: View | bool = False, side: int | None = None) -> EmbeddingCache:
+        """The cache of one view (``True``/``False``: the full photo mirrored or not) at one decode side."""
+        if isinstance(view, bool):
+            view = View(mirror=view)
+        side = side or decode_side((view,), self.spec.image_size)
+        name = f"{self.spec.tag}-squish-{view.name}-d{side}.npz"
         return EmbeddingCache(self.config.cache_dir / "embeddings" / name)
 
     def embed_files(
         self, paths: Sequence[Path], hashes: Sequence[str], mirror: bool = False, show_progress: bool = True
     ) -> np.ndarray:
-        """Embeddings of image files, reading pixels only for hashes not yet in the cache."""
+        """Embeddings (N, 1280) of the full view (or its mirror) of image files, through the cache."""
+        return self.embed_file_views(paths, hashes, (View(mirror=mirror),), show_progress)[:, 0]
+
+    def embed_file_views(
+        self,
+        paths: Sequence[Path],
+        hashes: Sequence[str],
+        views: Sequence[View],
+        show_progress: bool = True,
+        side: int | None = None,
+    ) -> np.ndarray:
+        """Embeddings (N, V, 1280) of ``views`` of image files, reading pixels only for cache misses.
+
+        Files are decoded (draft mode to ``side``, by default what the smallest view needs) in a
+        background thread while the backbone runs (engine.py). Unreadable files raise ImageError:
+        a training set is checked before it gets here.
+        """
         from ethnic_group_recognizer.images import load_image
         from ethnic_group_recognizer.progress import progress
 
-        cache = self.cache_for(mirror)
-        missing = [i for i, digest in enumerate(hashes) if cache.get(digest) is None]
-        step = self.config.batch_size
-        batches = [missing[s : s + step] for s in range(0, len(missing), step)]
-        for batch in progress(batches, "Embedding images", disable=not show_progress or not batches):
-            images = [load_image(paths[i], self.config) for i in batch]
-            for i, vector in zip(batch, self.embed_images(images, mirror), strict=True):
-                cache.put(hashes[i], vector)
-            if len(cache.vectors) % (step * 8) < step:
-                cache.save()  # checkpoint: an interrupted run keeps most of its work
-        cache.save()
-        return np.stack([cache.get(digest) for digest in hashes]) if hashes else np.zeros((0, EMBEDDING_DIM))
+        views = tuple(views)
+        side = side or decode_side(views, self.spec.image_size)
+        caches = [self.cache_for(view, side) for view in views]
+        missing = [i for i, digest in enumerate(hashes) if any(c.get(digest) is None for c in caches)]
+        size, step = self.spec.image_size, self.config.batch_size
+
+        def rendered(i: int) -> np.ndarray:
+            return render_views(load_image(paths[i], self.config, target_side=side), views, size)
+
+        groups = grouped(prefetch(missing, rendered), step)
+        done = 0
+        for group in progress(
+            groups, "Embedding images", disable=not show_progress, total=len(missing), weight=len
+        ):
+            pixels = np.stack([p for _, p in group])
+            vectors = self._run(pixels.reshape(-1, *pixels.shape[2:])).reshape(len(group), len(views), -1)
+            for (i, _), row in zip(group, vectors, strict=True):
+                for cache, vector in zip(caches, row, strict=True):
+                    cache.put(hashes[i], vector)
+            done += len(group)
+            if done % 256 < len(group):
+                for cache in caches:
+                    cache.save()  # checkpoint: an interrupted run keeps most of its work
+        for cache in caches:
+            cache.save()
+        if not hashes:
+            return np.zeros((0, len(views), EMBEDDING_DIM), np.float32)
+        return np.stack([np.stack([c.get(d) for c in caches]) for d in hashes])

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-#: The 12 groups, spelled exactly as the class folders of the reference data.
+#: The shipped model's 12 groups, spelled exactly as the class folders of the reference data
+#: (the default search terms of ``egr collect``; no surface about a model reads them).
 LABELS: tuple[str, ...] = (
     "Akha people",
     "Bai people",
@@ -24,10 +25,11 @@ LABELS: tuple[str, ...] = (
     "Tripuri people",
     "Uzbeks",
 )
-#: Folder name (at any depth) of images that show none of the 12; trains the abstain class.
+#: Folder name (at any depth) of images that show none of the classes; trains the abstain class.
 ABSTAIN_LABEL = "other"
-#: Text shown where a client needs a string rather than ``null`` for an abstention.
-ABSTAIN_TEXT = "None of the 12 groups"
+#: Neutral text for an abstention where no model's own words are at hand; every surface that
+#: knows the model shows its card's ``none_of_these`` instead (card.py).
+ABSTAIN_TEXT = "None of these"
 
 #: The backbones and feature poolings this version supports (backbone.BACKBONES holds their specs).
 BackboneName = Literal["lite0", "lite2"]
@@ -56,7 +58,9 @@ class Config:
     cache_dir: Path = field(default_factory=default_cache_dir)
     seed: int = 0
     val_fraction: float = 0.2
-    batch_size: int = 32
+    #: Photos a model call: 1 is the fastest measured on 2 cores (docs/THROUGHPUT.md); larger
+    #: batches only add memory.
+    batch_size: int = 1
     #: Decoding budget, checked from the header before any pixel is decoded: an image is refused
     #: (as a possible decompression bomb) when it has more pixels than this, or when its decoded
     #: size (pixels x bytes per pixel of its mode: 1 grey or palette, 2 16-bit grey, 3 RGB,

@@ -16,8 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ethnic_group_recognizer.calibrate import abstain_decisions
-from ethnic_group_recognizer.config import ABSTAIN_LABEL, ABSTAIN_TEXT, Config
+from ethnic_group_recognizer.calibrate import abstain_decisions, in_scope_scores
+from ethnic_group_recognizer.card import (
+    ModelCard,
+    data_sources_markdown,
+    failure_modes_markdown,
+    what_it_does,
+)
+from ethnic_group_recognizer.config import ABSTAIN_LABEL, Config
 from ethnic_group_recognizer.conformal import coverage_curve as set_coverage_curve
 from ethnic_group_recognizer.conformal import set_metrics
 from ethnic_group_recognizer.dataset import Dataset, Record
@@ -69,6 +75,19 @@ def select_records(model_dir: Path, dataset: Dataset, split: str) -> list[Record
     return [r for r in records if r.sha256 in wanted]
 
 
+def _coverage_thresholds(probabilities: np.ndarray, n_labels: int, rule: str) -> list[float]:
+    """Thresholds of the coverage curve: a fixed grid plus every in-domain photo's own score.
+
+    Why the photos' scores: with few held-out photos every grid threshold can answer the same
+    photos, which gives one point and an empty plot; a threshold at each score drops one photo.
+    """
+    grid = np.linspace(0, 0.95, 39)
+    scores = in_scope_scores(probabilities, n_labels, rule) if len(probabilities) else np.array([])
+    if len(scores) > 200:  # a large split: the grid and 200 quantiles draw the same curve
+        scores = np.quantile(scores, np.linspace(0, 1, 200))
+    return sorted({round(float(t), 6) for t in (*grid, *scores)})
+
+
 def _figure_png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -83,12 +102,14 @@ def _plots(
     reliability: list,
     coverage: list,
     set_curve: list,
-) -> None:
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Write the report's pictures; returns the confusion matrix as drawn (empty abstain row/column dropped)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    confusion, row_names, col_names = _trim_confusion(confusion, row_names, col_names)
     fig, ax = plt.subplots(figsize=(9, 8))
     ax.imshow(confusion, cmap="Blues")
     ax.set_xticks(range(len(col_names)), col_names, rotation=60, ha="right")
@@ -130,7 +151,14 @@ def _plots(
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot([c["coverage"] for c in coverage], [c["selective_accuracy"] for c in coverage], "-")
+    points = _coverage_points(coverage)
+    ax.plot([c for c, _ in points], [a for _, a in points], "o-", markersize=3)
+    if len(points) < 2:
+        ax.text(
+            0.5, 0.5, _coverage_note(coverage), ha="center", va="center", wrap=True, transform=ax.transAxes
+        )
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
     ax.set_xlabel("coverage (share of in-domain photos answered)")
     ax.set_ylabel("accuracy of answered photos")
     ax.set_title("Coverage vs accuracy")
@@ -150,6 +178,41 @@ def _plots(
         ax.legend(loc="lower right")
         (out / "set_coverage.png").write_bytes(_figure_png(fig))
         plt.close(fig)
+    return confusion, row_names, col_names
+
+
+def _trim_confusion(
+    confusion: np.ndarray, row_names: list[str], col_names: list[str]
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Drop the last (``other``) row when no photo is ``other`` and the last (abstain) column when
+    no photo was abstained on: an empty row or column reads as a class the model was tested on."""
+    if len(row_names) > 1 and not confusion[-1].any():
+        confusion, row_names = confusion[:-1], row_names[:-1]
+    if len(col_names) > 1 and not confusion[:, -1].any():
+        confusion, col_names = confusion[:, :-1], col_names[:-1]
+    return confusion, row_names, col_names
+
+
+def _coverage_points(coverage: list) -> list[tuple[float, float]]:
+    """The curve's distinct (coverage, accuracy) points; a threshold that answers nothing has no accuracy."""
+    return sorted({(c["coverage"], c["selective_accuracy"]) for c in coverage if c["coverage"] > 0})
+
+
+def _coverage_note(coverage: list) -> str:
+    """In words, what the coverage curve shows, or why it is a single point or missing."""
+    points = _coverage_points(coverage)
+    if not points:
+        return "No curve: no in-domain photo was answered at any threshold (or there are none)."
+    if len(points) == 1:
+        answered, accuracy = points[0]
+        return (
+            f"No curve, one point: every threshold answers the same photos (coverage {answered:.0%}, "
+            f"accuracy {accuracy:.0%}); more held-out photos give a curve."
+        )
+    return (
+        f"{len(points)} operating points from {len(coverage)} thresholds: coverage {points[0][0]:.0%}–{points[-1][0]:.0%}, "
+        f"accuracy of answered photos {min(a for _, a in points):.0%}–{max(a for _, a in points):.0%}."
+    )
 
 
 def _thumbnail(path: Path) -> str:
@@ -186,12 +249,9 @@ def evaluate(
     unknown = sorted({r.label for r in records if r.label not in index and r.label != ABSTAIN_LABEL})
     records = [r for r in records if r.label in index or r.label == ABSTAIN_LABEL]
     targets = np.array([index.get(r.label, abstain) for r in records])
-    rows = []
-    step = config.batch_size
-    for start in progress(range(0, len(records), step), "Evaluating", total=math.ceil(len(records) / step)):
-        images = [load_image(dataset.abspath(r), config) for r in records[start : start + step]]
-        rows.append(recognizer.probabilities(images))
-    probabilities = np.concatenate(rows)
+    # The prediction engine, as `egr predict` runs it: decoded ahead, all views in one run.
+    results = recognizer.predict_probabilities([dataset.abspath(r) for r in records], expected=())
+    probabilities = np.stack([row for _, row in progress(results, "Evaluating", total=len(records))])
     rule = recognizer.abstain_rule
     decided = abstain_decisions(probabilities, len(labels), recognizer.threshold, rule)
     top = probabilities[:, : len(labels)].argmax(axis=1)
@@ -220,7 +280,7 @@ def evaluate(
     }
     ece, reliability = expected_calibration_error(confidence[in_domain], top[in_domain] == targets[in_domain])
     coverage = []
-    for threshold in np.linspace(0, 0.95, 39):
+    for threshold in _coverage_thresholds(probabilities[in_domain], len(labels), rule):
         all_decided = abstain_decisions(probabilities, len(labels), threshold, rule)
         d = all_decided[in_domain]
         kept = d >= 0
@@ -234,8 +294,9 @@ def evaluate(
                 "other_abstained": float((all_decided[~in_domain] == -1).mean()) if n_other else None,
             }
         )
-    col_names = [*labels, ABSTAIN_TEXT]
-    row_names = [*labels, ABSTAIN_LABEL]
+    words = recognizer.model_dir.metadata.card_or_default  # the model's own label names
+    col_names = [*map(words.display_name, labels), words.none_of_these]
+    row_names = [*map(words.display_name, labels), ABSTAIN_LABEL]
     confusion = np.zeros((len(row_names), len(col_names)), int)
     for t, d in zip(targets, decided, strict=True):
         confusion[t, d if d >= 0 else abstain] += 1
@@ -265,23 +326,27 @@ def evaluate(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _plots(out, confusion, row_names, col_names, reliability, coverage, metrics["set_coverage_curve"])
+    drawn = _plots(out, confusion, row_names, col_names, reliability, coverage, metrics["set_coverage_curve"])
     (out / "metrics.json").write_text(
         json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
 
-    # Top losses: the held-out photos the model was most confidently wrong about.
+    # Top losses: the mistakes only (a wrong label, an abstention on a known class, a label for an
+    # ``other`` photo), most confidently wrong first; a correct photo is never shown as a loss.
     loss = -np.log(np.maximum(probabilities[np.arange(len(targets)), targets], 1e-12))
-    worst = np.argsort(-loss)[:top_losses]
+    mistaken = np.flatnonzero(np.where(decided >= 0, decided, abstain) != targets)
+    worst = mistaken[np.argsort(-loss[mistaken], kind="stable")][:top_losses]
     cards = []
     for i in worst:
-        predicted = labels[decided[i]] if decided[i] >= 0 else ABSTAIN_TEXT
+        predicted = labels[decided[i]] if decided[i] >= 0 else words.none_of_these
         cards.append(
             f'<figure><img src="{_thumbnail(dataset.abspath(records[i]))}" alt="{html.escape(records[i].path)}">'
             f"<figcaption>true: {html.escape(records[i].label)}<br>predicted: {html.escape(predicted)} "
             f"({confidence[i]:.0%})<br>loss {loss[i]:.2f}<br><small>{html.escape(records[i].path)}</small></figcaption></figure>"
         )
-    (out / "report.html").write_text(_report_html(metrics, cards, recognizer), encoding="utf-8")
+    (out / "report.html").write_text(
+        _report_html(metrics, cards, recognizer, mistakes=len(mistaken), confusion=drawn), encoding="utf-8"
+    )
     card = model_card(recognizer, metrics)
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     if update_model:
@@ -319,7 +384,14 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def _report_html(metrics: dict, cards: list[str], recognizer: Recognizer) -> str:
+def _report_html(
+    metrics: dict,
+    cards: list[str],
+    recognizer: Recognizer,
+    mistakes: int,
+    confusion: tuple[np.ndarray, list[str], list[str]],
+) -> str:
+    """report.html: the figures, the confusion matrix as a table too, and the mistakes (only those)."""
     rows = "".join(
         f"<tr><td>{html.escape(label)}</td><td>{m['precision']:.2f}</td><td>{m['recall']:.2f}</td><td>{m['f1']:.2f}</td>"
         f"<td>{m['support']}</td><td>{m['training_images']}</td></tr>"
@@ -331,20 +403,50 @@ def _report_html(metrics: dict, cards: list[str], recognizer: Recognizer) -> str
 td,th{{border:1px solid #ccc;padding:4px 8px}}figure{{display:inline-block;width:180px;margin:6px;vertical-align:top;font-size:12px}}
 img{{max-width:160px}}</style></head><body>
 <h1>Evaluation of {html.escape(recognizer.name)} ({html.escape(metrics["split"])} split)</h1>
-<p>{metrics["in_domain_images"]} in-domain photos, {metrics["other_images"]} photos of other cultures.</p>
+<p>{metrics["in_domain_images"]} photos of the model's labels, {metrics["other_images"]} photos of <code>other</code> (none of them).</p>
 <ul><li>Accuracy (top-1, never abstaining): {_pct(metrics["accuracy"])} (95% CI {low:.1%}–{high:.1%})</li>
 <li>With abstention (threshold {metrics["threshold"]:.2f}): {_pct(metrics["accuracy_with_abstention"])} correct, coverage {_pct(metrics["coverage"])},
 accuracy of answered photos {_pct(metrics["selective_accuracy"])}</li>
-<li>Photos of other cultures abstained: {_pct(metrics["other_abstained"])}</li>
+<li>Photos of <code>other</code> abstained on: {_pct(metrics["other_abstained"])}</li>
 <li>Expected calibration error: {metrics["ece"]:.3f}</li></ul>
 {_sets_html(metrics)}
 <h2>Per class</h2><table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th><th>training images</th></tr>{rows}</table>
 <h2>Confusion matrix</h2><img style="max-width:100%" src="confusion_matrix.png" alt="Confusion matrix of true versus predicted labels">
+{_confusion_html(*confusion)}
 <h2>Calibration</h2><img style="max-width:45%" src="reliability.png" alt="Reliability diagram">
 <img style="max-width:45%" src="coverage.png" alt="Coverage versus accuracy curve">
-<h2>Top losses</h2><p>The held-out photos the model was most confidently wrong about; check them for label noise.</p>
-{"".join(cards)}</body></html>
+<p id="coverage-note">Coverage versus accuracy: {html.escape(_coverage_note(metrics["coverage_curve"]))}</p>
+{_top_losses_html(cards, mistakes, metrics["images"])}</body></html>
 """
+
+
+def _confusion_html(confusion: np.ndarray, row_names: list[str], col_names: list[str]) -> str:
+    """The confusion matrix as a table (rows true, columns predicted), readable without the picture."""
+    head = "".join(f'<th scope="col">{html.escape(name)}</th>' for name in col_names)
+    body = "".join(
+        f'<tr><th scope="row">{html.escape(name)}</th>{"".join(f"<td>{value}</td>" for value in row)}</tr>'
+        for name, row in zip(row_names, confusion.tolist(), strict=True)
+    )
+    return (
+        f'<table id="confusion"><caption>true (rows) versus predicted (columns)</caption>'
+        f"<tr><th></th>{head}</tr>{body}</table>"
+    )
+
+
+def _top_losses_html(cards: list[str], mistakes: int, images: int) -> str:
+    """The top-losses section: the mistakes, most confidently wrong first, or plainly "no mistakes"."""
+    if not mistakes:
+        return (
+            '<h2 id="top-losses">Top losses: no mistakes</h2>'
+            f"<p>No mistakes: the model got all {images} photos of this split right, so there are no losses to show.</p>"
+        )
+    shown = f"the {len(cards)} most confidently wrong" if len(cards) < mistakes else "all of them"
+    return (
+        '<h2 id="top-losses">Top losses: the photos the model was most confidently wrong about</h2>'
+        f"<p>{mistakes} of {images} photos are mistakes (a wrong label, an abstention on one of the labels, "
+        f"or a label for an <code>other</code> photo); shown: {shown}, most confident first. "
+        f'Check them for label noise.</p><div id="losses">{"".join(cards)}</div>'
+    )
 
 
 def _size(value: float | None) -> str:
@@ -374,7 +476,7 @@ def _sets_html(metrics: dict) -> str:
 <ul><li>Coverage of all in-domain photos (an abstention counts as a miss): {_pct(sets["coverage"])}</li>
 <li>Answered {_pct(sets["answered"])} of in-domain photos; coverage of the answered ones {_pct(sets["answered_coverage"])},
 mean set size {_size(sets["mean_set_size"])}</li>
-<li>Photos of other cultures given the empty set: {_pct(sets["other_empty_set"])}</li></ul>
+<li>Photos of <code>other</code> given the empty set: {_pct(sets["other_empty_set"])}</li></ul>
 <p>The guarantee is marginal, for photos exchangeable with the calibration photos; see docs/PREDICTION_SETS.md.</p>
 <table><tr><th>set size</th><th>photos</th><th>share</th><th>coverage</th></tr>{by_size}</table>
 <table><tr><th>label</th><th>photos</th><th>coverage</th><th>coverage answered</th><th>mean size</th></tr>{by_class}</table>
@@ -382,7 +484,7 @@ mean set size {_size(sets["mean_set_size"])}</li>
 """
 
 
-def _sets_card(metrics: dict) -> str:
+def _sets_card(metrics: dict, card: ModelCard) -> str:
     """The model card's prediction-set section."""
     sets = metrics.get("prediction_sets") or {}
     if sets.get("target_coverage") is None:
@@ -403,14 +505,14 @@ def _sets_card(metrics: dict) -> str:
     return f"""Split-conformal APS sets (docs/PREDICTION_SETS.md), target coverage {sets["target_coverage"]:.0%},
 calibrated on the out-of-fold predictions of the training split; measured here on the held-out split.
 The guarantee is marginal and assumes new photos exchangeable with the calibration photos
-(shop and stage costumes); it does not hold under domain shift (real-life photos).
+(photos like the training photos); it does not hold under domain shift (photos unlike them).
 
 | metric | value |
 | --- | --- |
 | coverage of all in-domain photos (abstaining counts as a miss) | {_pct(sets["coverage"])} |
 | in-domain photos answered / coverage of those | {_pct(sets["answered"])} / {_pct(sets["answered_coverage"])} |
 | mean set size (answered photos) | {_size(sets["mean_set_size"])} |
-| photos of other cultures given the empty set | {_pct(sets["other_empty_set"])} |
+| photos of {card.other_photos} given the empty set | {_pct(sets["other_empty_set"])} |
 
 By set size (share of in-domain photos): {sizes or "n/a"}.
 
@@ -422,67 +524,66 @@ Coverage of answered photos vs mean set size, by target coverage: {curve or "n/a
 """
 
 
-def _sources_section() -> str:
-    sources = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "SOURCES.md"
-    table = [
-        "| data | origin | licence |",
-        "| --- | --- | --- |",
-        "| web-scraped costume photos of Bai, Hani, Kazakhs, Lisu, Qiang, Tatar, Uzbeks | GitHub `precious0612/Ethnic-Costume-Classify` (from a Chinese image search) | none stated: research use |",
-        "| one or two real-life photos per class | GitHub `MdTanvirHossainTusher/Ethnic-Group-Recognizer` | MIT |",
-        "| Chakma and Tripuri festival and dress photos | GitHub `faiyazabdullah/BanglaVerse` | Apache-2.0 |",
-        "| Naga and Tripuri dress and festival photos | GitHub `K1shish09/Sanskriti-Darpana` | none stated: research use |",
-        "| Mon parade photo; Myanmar groups' dress (negatives) | GitHub `johndoe-se/myanmar-ethnic-groups-project` | none stated: research use |",
-        "| Hui and Manchu dress (negatives) | GitHub `TiandaSun/CMC-Classification` | none stated: research use |",
-        "| world traditional garments (negatives) | GitHub `Sieun651/World-Traditional-Clothes-Machine-Learning_Project` | none stated: research use |",
-    ]
-    note = f"(Summarised from `SOURCES.md` of the training data{'' if sources.exists() else ', not present on this machine'}.)"
-    return "\n".join(table) + "\n\n" + note
-
-
-def _threshold_rule(meta: ModelMetadata) -> str:
-    """How the threshold was chosen, for the model card."""
+def _threshold_rule(meta: ModelMetadata, card: ModelCard) -> str:
+    """How the threshold was chosen, for the model card (a threshold of 0: it never abstains)."""
     calibration = meta.calibration
+    if calibration.threshold <= 0:
+        return (
+            " (it never abstains: it was trained without `other` photos, so there was nothing to "
+            "calibrate abstention on)"
+        )
     score = (
         "the best label's share of best label + P(none of these)"
         if calibration.abstain_rule == "in-scope-share"
         else "the best label's probability"
     )
     if calibration.policy == "other-target":
-        chosen = f"the lowest that abstains on {calibration.abstain_target:.0%} of the out-of-fold photos of other cultures"
+        chosen = (
+            f"the lowest that abstains on {calibration.abstain_target:.0%} of the out-of-fold photos "
+            f"of {card.other_photos}"
+        )
     else:
-        chosen = "balancing abstention on other cultures against in-domain accuracy"
+        chosen = f"balancing abstention on photos of {card.other_photos} against in-domain accuracy"
     return f" on {score} ({chosen})"
 
 
 def model_card(recognizer: Recognizer, metrics: dict) -> str:
-    """The model card, generated from the evaluation so its figures can never drift from the report."""
+    """The model card, generated from the evaluation so its figures can never drift from the report.
+
+    Its words (what the model does, its uses, data sources, failure modes) are the model
+    directory's card (card.py), never the shipped model's.
+    """
     meta = recognizer.model_dir.metadata
+    card = meta.card_or_default
+    can_abstain = recognizer.threshold > 0
     backbone = meta.backbone
     low, high = metrics["accuracy_ci95"]
     rows = []
     for label, m in metrics["per_class"].items():
         flag = " **low data**" if m["training_images"] < LOW_DATA_IMAGES else ""
         rows.append(
-            f"| {label} | {m['training_images']}{flag} | {m['support']} | {m['precision']:.2f} | {m['recall']:.2f} | {m['f1']:.2f} |"
+            f"| {card.display_name(label)} | {m['training_images']}{flag} | {m['support']} | {m['precision']:.2f} | {m['recall']:.2f} | {m['f1']:.2f} |"
         )
-    low_data = [label for label, m in metrics["per_class"].items() if m["training_images"] < LOW_DATA_IMAGES]
-    return f"""# Model card: {recognizer.name} ({recognizer.version})
+    low_data = [
+        card.display_name(label)
+        for label, m in metrics["per_class"].items()
+        if m["training_images"] < LOW_DATA_IMAGES
+    ]
+    other_row = (
+        f"| photos of {card.other_photos} abstained ({metrics['other_images']} photos) | {_pct(metrics['other_abstained'])} |"
+        if can_abstain
+        else "| photos that show none of the labels abstained | never: the model cannot abstain |"
+    )
+    return f"""# Model card: {recognizer.model_dir.metadata.card_or_default.title} ({recognizer.name}, {recognizer.version})
 
 ## What it does
-Given a photograph, the model says which of 12 ethnic groups' **visual culture** it shows: traditional
-dress, adornment, crafts and festivals. It answers "{ABSTAIN_TEXT}" (abstains) when the photo shows
-none of the cultures it knows. What it has learnt is clothing and ornament, nothing about people.
+{what_it_does(card, can_abstain)}
 
 ## Intended use
-Cataloguing and exploring cultural-heritage photographs: sorting a museum's or an archive's costume
-and festival photos, suggesting tags for a human cataloguer to confirm, teaching.
+{card.intended_use}
 
 ## Out-of-scope use
-- **Inferring any individual's ethnicity**, for any purpose: surveillance, policing, migration or border
-  control, hiring, credit, or any decision about a person. Dress is chosen, shared and borrowed; it does
-  not tell who someone is.
-- Biometric categorisation by race or ethnicity is prohibited in the EU by the AI Act, Article 5(1)(g).
-- The product has no face detection, face cropping or facial-feature pipeline, and must not be given one.
+{card.out_of_scope_use}
 
 ## Model
 - Backbone: {backbone.name} (ImageNet-1k weights, Apache-2.0), input {backbone.image_size} px,
@@ -490,7 +591,7 @@ and festival photos, suggesting tags for a human cataloguer to confirm, teaching
   head: {meta.head} (logistic regression on frozen embeddings
   blended with class prototypes in probe mode; fine-tuned from that probe in finetune mode).
 - Test-time augmentation (mirror): {"on" if meta.tta else "off"}. Temperature {meta.calibration.temperature:.2f},
-  abstain threshold {recognizer.threshold:.2f}{_threshold_rule(meta)}, calibrated on {meta.calibration.calibrated_on}.
+  abstain threshold {recognizer.threshold:.2f}{_threshold_rule(meta, card)}, calibrated on {meta.calibration.calibrated_on}.
 
 ## Results on the held-out split ({metrics["images"]} photos, duplicates kept on one side)
 | metric | value |
@@ -498,7 +599,7 @@ and festival photos, suggesting tags for a human cataloguer to confirm, teaching
 | accuracy, top-1, never abstaining ({metrics["in_domain_images"]} in-domain photos) | {_pct(metrics["accuracy"])} (95% CI {low:.1%}–{high:.1%}) |
 | correct with abstention (abstaining counts as wrong) | {_pct(metrics["accuracy_with_abstention"])} |
 | coverage / accuracy of answered photos | {_pct(metrics["coverage"])} / {_pct(metrics["selective_accuracy"])} |
-| photos of other cultures abstained ({metrics["other_images"]} photos) | {_pct(metrics["other_abstained"])} |
+{other_row}
 | expected calibration error | {metrics["ece"]:.3f} |
 
 ## Per class
@@ -513,18 +614,11 @@ and must not be trusted without a human check.
 Low-data classes: {", ".join(low_data) if low_data else "none"}.
 
 ## Prediction sets
-{_sets_card(metrics)}
+{_sets_card(metrics, card)}
 
 ## Data
-{_sources_section()}
+{data_sources_markdown(card)}
 
 ## Known failure modes
-- **Hani and Akha overlap**: China classifies the Akha as part of the Hani, so some "Hani" training photos
-  show Akha-style headdresses; the two are confused.
-- **Stage and shop costumes vs real life**: the Kazakh, Uzbek and Tatar photos are mostly stage and shop
-  costumes from China; real-life photos of these groups look different and are recognised worse.
-- Classes backed by 1–4 photos (Akha, Chakma, Mon) are recognised mostly by resemblance to those few photos.
-- Drawings, stamps and posters of costumes may be classified as if they were photographs.
-- Photos of related cultures that are not among the 12 (e.g. Yi, Miao, Hmong, Kyrgyz) can be given one
-  of the 12 labels with moderate confidence; the abstain threshold catches only part of them.
+{failure_modes_markdown(card)}
 """

@@ -38,6 +38,10 @@ from ethnic_group_recognizer.images import load_image
 from ethnic_group_recognizer.probe import fit_probe_head, head_logits
 from ethnic_group_recognizer.progress import progress
 
+#: Photos a training step: fine-tuning needs real batches (batch norm, gradient noise), unlike
+#: prediction, whose fastest batch on 2 cores is one photo (``Config.batch_size``).
+TRAIN_BATCH = 32
+
 
 @dataclass(frozen=True)
 class FinetuneOptions:
@@ -49,6 +53,7 @@ class FinetuneOptions:
     patience: int  # early stopping: epochs without a better validation loss
     tta: bool  # validation logits averaged with the mirror image (for calibration)
     regularization: float  # inverse L2 strength of the probe the head starts from
+    image_size: int | None = None  # input side; None: the backbone's ImageNet size (224 for Lite0)
 
 
 @dataclass(frozen=True)
@@ -135,8 +140,8 @@ def _initialise_head_from_probe(
     order = [*train_idx, *val_idx]
     features = []
     with torch.no_grad():
-        for start in progress(range(0, len(order), config.batch_size), "Probe features (head warm-up)"):
-            chunk = order[start : start + config.batch_size]
+        for start in progress(range(0, len(order), TRAIN_BATCH), "Probe features (head warm-up)"):
+            chunk = order[start : start + TRAIN_BATCH]
             pixels = np.stack([preprocess(images[i], size) for i in chunk])
             features.append(network.features(torch.from_numpy(pixels)).numpy())
     features = np.concatenate(features)
@@ -213,7 +218,7 @@ def finetune(
         raise ValueError("fine-tuning needs a validation split for early stopping; the dataset is too small")
     _seed_everything(config.seed)
     spec = spec_for(config.backbone, config)  # the pooling train() records in the metadata
-    size = spec.native_size  # every epoch pays for the pixels: the ImageNet size
+    size = options.image_size or spec.native_size  # every epoch pays for the pixels
     images = {
         i: _shrink(load_image(paths[i], config))
         for i in progress(list(train_idx) + list(val_idx), "Decoding")
@@ -226,7 +231,7 @@ def finetune(
     loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights / class_weights.mean(), label_smoothing=0.1)
     val_targets = torch.from_numpy(targets[val_idx])
     rng = random.Random(config.seed)
-    steps_per_epoch = -(-len(train_idx) // config.batch_size)
+    steps_per_epoch = -(-len(train_idx) // TRAIN_BATCH)
 
     # LP: the head starts as a calibrated probe on the frozen features.
     for parameter in network.backbone.parameters():
@@ -259,7 +264,7 @@ def finetune(
         for epoch in range(epochs):
             network.train()
             total = 0.0
-            batches = _training_batches(images, targets, train_idx, size, config.batch_size, rng)
+            batches = _training_batches(images, targets, train_idx, size, TRAIN_BATCH, rng)
             for pixels, labels in progress(
                 batches, f"{phase} epoch {epoch + 1}/{epochs}", total=steps_per_epoch
             ):
@@ -269,7 +274,7 @@ def finetune(
                 optimizer.step()
                 schedule.step()
                 total += float(loss.detach()) * len(labels)
-            val_logits = _logits(network, images, val_idx, size, config.batch_size, mirror_too=False)
+            val_logits = _logits(network, images, val_idx, size, TRAIN_BATCH, mirror_too=False)
             val_loss = float(loss_fn(torch.from_numpy(val_logits), val_targets))
             epochs_run += 1
             _log(
@@ -286,7 +291,7 @@ def finetune(
 
     if best_state is not None:
         network.load_state_dict(best_state)
-    val_logits = _logits(network, images, val_idx, size, config.batch_size, mirror_too=options.tta)
+    val_logits = _logits(network, images, val_idx, size, TRAIN_BATCH, mirror_too=options.tta)
     backbone_path = out / "backbone.onnx"
     export_onnx(_FeatureExport.module(network), backbone_path, size, ["embedding"])
     return FinetuneResult(

@@ -7,9 +7,10 @@ No pickle anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -17,8 +18,14 @@ from PIL import Image
 from ethnic_group_recognizer.calibrate import in_scope_scores
 from ethnic_group_recognizer.config import ABSTAIN_TEXT, DEFAULT_MODEL_DIR, Config
 from ethnic_group_recognizer.conformal import ConformalCalibration, prediction_sets
-from ethnic_group_recognizer.images import load_image
+from ethnic_group_recognizer.engine import grouped, prefetch
+from ethnic_group_recognizer.images import ImageError, load_image
 from ethnic_group_recognizer.model_dir import ModelDir, open_session, read_model_dir
+from ethnic_group_recognizer.views import View, decode_side, render_views
+
+#: What a photo may be given as.
+Source = str | Path | bytes | Image.Image
+Item = TypeVar("Item")
 
 #: A class backed by fewer training images than this is flagged as low-data everywhere.
 LOW_DATA_IMAGES = 20
@@ -37,6 +44,8 @@ class Prediction:
     prediction_set: list[str] = field(default_factory=list)
     #: The set's target coverage (e.g. 0.9); None for a model without a conformal calibration.
     coverage: float | None = None
+    #: What the model calls "none of these" (its card's ``none_of_these``), for ``display_label``.
+    abstain_text: str = ABSTAIN_TEXT
 
     @property
     def abstained(self) -> bool:
@@ -44,7 +53,7 @@ class Prediction:
 
     @property
     def display_label(self) -> str:
-        return self.label if self.label is not None else ABSTAIN_TEXT
+        return self.label if self.label is not None else self.abstain_text
 
     def ranked(self) -> list[tuple[str, float]]:
         return sorted(self.scores.items(), key=lambda item: -item[1])
@@ -71,15 +80,30 @@ def attach_head(
 ) -> None:
     """Append the classifier to a feature-extractor graph, giving one self-contained ONNX model.
 
-    Head: L2-normalise the embedding, one linear layer (K+1 outputs, the abstain class last),
-    divide by the calibrated temperature, softmax. Built with ``onnx.helper``, so no torch needed.
+    The model takes ``pixels`` (N, V, 3, S, S): the V views of each of N photos
+    (:mod:`ethnic_group_recognizer.views`). The views run through the backbone as one batch of
+    N*V; each view's embedding is L2-normalised and the V of a photo averaged, as the head was
+    trained (docs/RECIPES.md); then the head: L2-normalise, one linear layer (K+1 outputs, the
+    abstain class last), divide by the calibrated temperature, softmax. V is read from the input's
+    shape, so one graph serves any number of views (``explain`` runs one). Built with
+    ``onnx.helper``, so no torch needed.
     """
     import onnx  # training-time only: prediction needs onnxruntime, numpy and Pillow alone
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(backbone_path))
     graph = model.graph
-    embedding = graph.output[0].name
+    view_shape = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]]  # [3, S, S]
+    # The backbone reads the views flattened to (N*V, 3, S, S) and its per-view output is renamed:
+    # "pixels" and "embedding" become the whole model's input and (photo-averaged) output.
+    renames = {graph.input[0].name: "pixels_flat", graph.output[0].name: "view_embedding"}
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    del graph.input[:]
+    graph.input.append(
+        helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", "views", *view_shape])
+    )
     scale = np.float32(1.0 / temperature)
     graph.initializer.extend(
         [
@@ -87,25 +111,36 @@ def attach_head(
             numpy_helper.from_array(bias.astype(np.float32), "head_bias"),
             numpy_helper.from_array(np.array(scale, np.float32), "head_inverse_temperature"),
             numpy_helper.from_array(np.array(1e-12, np.float32), "head_epsilon"),
+            numpy_helper.from_array(np.array([-1, *view_shape], np.int64), "views_flat_shape"),
+            numpy_helper.from_array(np.array([weights.shape[1]], np.int64), "views_width"),
         ]
     )
+    graph.node.insert(0, helper.make_node("Shape", ["pixels"], ["views_lead"], start=0, end=2))
+    graph.node.insert(0, helper.make_node("Reshape", ["pixels", "views_flat_shape"], ["pixels_flat"]))
     graph.node.extend(
         [
-            helper.make_node("ReduceL2", [embedding], ["head_norm"], axes=[1], keepdims=1),
+            helper.make_node("ReduceL2", ["view_embedding"], ["view_norm"], axes=[1], keepdims=1),
+            helper.make_node("Max", ["view_norm", "head_epsilon"], ["view_norm_safe"]),
+            helper.make_node("Div", ["view_embedding", "view_norm_safe"], ["view_unit"]),
+            helper.make_node("Concat", ["views_lead", "views_width"], ["views_shape"], axis=0),
+            helper.make_node("Reshape", ["view_unit", "views_shape"], ["views_unit"]),
+            helper.make_node("ReduceMean", ["views_unit"], ["embedding"], axes=[1], keepdims=0),
+            helper.make_node("ReduceL2", ["embedding"], ["head_norm"], axes=[1], keepdims=1),
             helper.make_node("Max", ["head_norm", "head_epsilon"], ["head_norm_safe"]),
-            helper.make_node("Div", [embedding, "head_norm_safe"], ["head_unit"]),
+            helper.make_node("Div", ["embedding", "head_norm_safe"], ["head_unit"]),
             helper.make_node("MatMul", ["head_unit", "head_weight"], ["head_matmul"]),
             helper.make_node("Add", ["head_matmul", "head_bias"], ["logits"]),
             helper.make_node("Mul", ["logits", "head_inverse_temperature"], ["head_scaled"]),
             helper.make_node("Softmax", ["head_scaled"], ["probabilities"], axis=1),
         ]
     )
-    out = graph.output[0]
-    graph.output.insert(
-        0, helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", len(bias)])
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", len(bias)]),
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", weights.shape[1]]),
+        ]
     )
-    del graph.output[1:]
-    graph.output.append(out)
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
 
@@ -135,6 +170,10 @@ class Recognizer:
         #: The prediction-set calibration; None for a model trained before sets (top label only).
         self.conformal: ConformalCalibration | None = meta.conformal
         self.tta = meta.tta
+        #: The views of a photo the model averages (views.py); their count is the cost of a photo.
+        self.views: tuple[View, ...] = meta.views
+        #: Short side a photo is decoded to (JPEG draft mode), enough for the smallest view.
+        self.decode_side = decode_side(self.views, self.image_size)
 
     @classmethod
     def load(
@@ -174,26 +213,78 @@ class Recognizer:
 
     # -- prediction ----------------------------------------------------------------------------
     def preprocess(self, image: Image.Image, mirror: bool = False) -> np.ndarray:
-        from ethnic_group_recognizer.backbone import preprocess
+        """One full-photo view (3, S, S), optionally mirrored: what ``explain`` occludes."""
+        return render_views(image, (View(mirror=mirror),), self.image_size)[0]
 
-        return preprocess(image, self.image_size, mirror)
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """(V, 3, S, S): the model's views of one decoded photo."""
+        return render_views(image, self.views, self.image_size)
+
+    def decode(self, source: str | Path | bytes | Image.Image) -> Image.Image:
+        """Decode a photo as prediction needs it (JPEG draft mode to ``decode_side``)."""
+        return load_image(source, self.config, target_side=self.decode_side)
 
     def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw model outputs for a preprocessed batch: probabilities (N, K+1) and embeddings."""
-        probabilities, embedding = self.session.run(["probabilities", "embedding"], {"pixels": pixels})
-        return probabilities, embedding
+        """Raw outputs for (N, V, 3, S, S) views of N photos: probabilities (N, K+1), embeddings (N, d).
+
+        Any V works (``explain`` runs single views); all of a photo's views go in one
+        ``session.run``. A format-1 graph (one view a row) averages its rows' outputs here.
+        """
+        if self.model_dir.metadata.views_in_graph:
+            probabilities, embedding = self.session.run(["probabilities", "embedding"], {"pixels": pixels})
+            return probabilities, embedding
+        n, v = pixels.shape[:2]
+        flat = pixels.reshape(n * v, *pixels.shape[2:])
+        probabilities, embedding = self.session.run(["probabilities", "embedding"], {"pixels": flat})
+        return probabilities.reshape(n, v, -1).mean(axis=1), embedding.reshape(n, v, -1).mean(axis=1)
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """(N, K+1) probabilities, averaged with the mirrored view when the model uses TTA."""
+        """(N, K+1) probabilities of decoded photos, ``config.batch_size`` photos a model call."""
         out = []
         for start in range(0, len(images), self.config.batch_size):
             chunk = images[start : start + self.config.batch_size]
-            probs = self.run(np.stack([self.preprocess(im) for im in chunk]))[0]
-            if self.tta:
-                mirrored = self.run(np.stack([self.preprocess(im, mirror=True) for im in chunk]))[0]
-                probs = (probs + mirrored) / 2
-            out.append(probs)
+            out.append(self.run(np.stack([self.pixels(im) for im in chunk]))[0])
         return np.concatenate(out) if out else np.zeros((0, len(self.labels) + 1), np.float32)
+
+    def predict_sources(
+        self,
+        sources: Iterable[Item],
+        batch_size: int | None = None,
+        decode: Callable[[Item], Image.Image] | None = None,
+        expected: tuple[type[BaseException], ...] = (ImageError,),
+    ) -> Iterator[tuple[Item, Prediction | BaseException]]:
+        """Predict many photos as fast as the machine allows, yielding ``(source, result)`` in order.
+
+        The engine (engine.py): the next photos are decoded (draft mode) and their views rendered
+        in a background thread while the model runs in this one; at most a few decoded photos
+        are held at once, so memory stays flat whatever the folder or photo size. A photo that
+        fails to decode with an ``expected`` error yields that error. ``decode`` reads one source
+        (default :meth:`decode`: a path, bytes or Pillow image); Ray actors pass their reader.
+        """
+        for source, row in self.predict_probabilities(sources, batch_size, decode, expected):
+            yield source, row if isinstance(row, BaseException) else self.decide_rows(row[None])[0]
+
+    def predict_probabilities(
+        self,
+        sources: Iterable[Item],
+        batch_size: int | None = None,
+        decode: Callable[[Item], Image.Image] | None = None,
+        expected: tuple[type[BaseException], ...] = (ImageError,),
+    ) -> Iterator[tuple[Item, np.ndarray | BaseException]]:
+        """:meth:`predict_sources`, yielding each photo's (K+1) probability row instead."""
+        step = self.config.batch_size if batch_size is None else batch_size
+        if step < 1:
+            raise ValueError(f"batch_size must be at least 1, got {step}")
+        read = decode or self.decode
+
+        def views_of(source: Item) -> np.ndarray:
+            return self.pixels(read(source))
+
+        for group in grouped(prefetch(sources, views_of, expected), step):
+            ready = [pixels for _, pixels in group if not isinstance(pixels, BaseException)]
+            rows = iter(self.run(np.stack(ready))[0] if ready else [])
+            for source, pixels in group:
+                yield source, pixels if isinstance(pixels, BaseException) else next(rows)
 
     @property
     def coverage(self) -> float | None:
@@ -218,6 +309,7 @@ class Recognizer:
             sets = prediction_sets(rows, self.conformal, threshold=0.0)
         else:
             sets = [[int(np.argmax(row[:k]))] for row in rows]
+        none_of_these = self.model_dir.metadata.card_or_default.none_of_these
         predictions = []
         for row, answer, members in zip(rows, answered, sets, strict=True):
             best = int(np.argmax(row[:k]))
@@ -229,6 +321,7 @@ class Recognizer:
                     abstain_probability=float(row[k]) if len(row) > k else 0.0,
                     prediction_set=[self.labels[i] for i in members] if answer else [],
                     coverage=self.coverage,
+                    abstain_text=none_of_these,
                 )
             )
         return predictions
@@ -241,4 +334,4 @@ class Recognizer:
 
         Raises :class:`~ethnic_group_recognizer.images.ImageError` for an unusable image.
         """
-        return self.predict_images([load_image(image, self.config)])[0]
+        return self.predict_images([self.decode(image)])[0]

@@ -2,8 +2,11 @@
 
 A model directory holds:
 
-- ``model.onnx``: one self-contained graph, ``pixels`` (N,3,S,S) -> ``probabilities`` (N, K+1)
-  over the K labels plus the abstain class, and ``embedding`` (N, 1280);
+- ``model.onnx``: one self-contained graph, ``pixels`` (N, V, 3, S, S) -> ``probabilities``
+  (N, K+1) over the K labels plus the abstain class, and ``embedding`` (N, 1280): the V views of
+  each photo (``preprocessing.views``, :mod:`ethnic_group_recognizer.views`) are averaged before
+  the head. A format-1 model (before multi-crop) takes ``pixels`` (N, 3, S, S), one view a row,
+  and its photo and mirror are averaged after the softmax;
 - ``labels.json``: the K labels in output order (the abstain class is the last output);
 - ``metadata.json``: backbone, preprocessing, calibration (temperature, abstain rule and
   threshold, the prediction sets' conformal calibration), per-class training counts, metrics,
@@ -29,9 +32,11 @@ from types import MappingProxyType
 from typing import Any
 
 from ethnic_group_recognizer.calibrate import ABSTAIN_RULES, LEGACY_ABSTAIN_RULE
+from ethnic_group_recognizer.card import CardError, ModelCard, default_card
 from ethnic_group_recognizer.config import ABSTAIN_LABEL, Config
 from ethnic_group_recognizer.conformal import ConformalCalibration
 from ethnic_group_recognizer.dataset import LabelError, validate_label
+from ethnic_group_recognizer.views import View, parse_views
 
 MODEL_FILE = "model.onnx"
 LABELS_FILE = "labels.json"
@@ -39,7 +44,9 @@ METADATA_FILE = "metadata.json"
 SPLIT_FILE = "split.json"
 CARD_FILE = "MODEL_CARD.md"
 #: Version of the directory layout and metadata schema; a reader refuses any other.
-FORMAT_VERSION = 1
+#: 2: multi-view graphs (``pixels`` (N, V, 3, S, S), ``preprocessing.views``). 1 is still read.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 #: The preprocessing ``backbone.preprocess`` implements; a model asking for another is refused.
 RESIZE = "squish"
 SCALE = "(pixel - 127) / 128"
@@ -118,7 +125,7 @@ class ModelMetadata:
     version: str  # the day it was trained, YYYY.MM.DD
     backbone: BackboneInfo
     calibration: Calibration
-    tta: bool  # average each photo with its mirror image
+    tta: bool  # some view is mirrored (kept for readers of format 1)
     training_counts: Mapping[str, int]  # training images behind each label, before augmentation
     abstain_training_count: int  # training images of the abstain class (``other``)
     provenance: Provenance
@@ -129,8 +136,14 @@ class ModelMetadata:
     conformal: ConformalCalibration | None = None
     #: The same calibration at other target coverages, for the evaluation's coverage-vs-size curve.
     conformal_curve: tuple[ConformalCalibration, ...] = ()
+    #: What the model says about itself (card.py); None for a directory from before cards,
+    #: whose readers use ``card.default_card`` (neutral words from its labels).
+    card: ModelCard | None = None
     abstain_label: str = ABSTAIN_LABEL
     format_version: int = FORMAT_VERSION
+    #: The views of a photo the graph averages (format 2); a format-1 model's are the photo and,
+    #: with ``tta``, its mirror, averaged outside the graph.
+    views: tuple[View, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,6 +151,15 @@ class ModelMetadata:
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         object.__setattr__(self, "labels", tuple(self.labels))
         object.__setattr__(self, "conformal_curve", tuple(self.conformal_curve))
+        if not self.views:
+            legacy = (View(), View(mirror=True)) if self.tta else (View(),)
+            object.__setattr__(self, "views", legacy)
+        object.__setattr__(self, "views", tuple(self.views))
+
+    @property
+    def views_in_graph(self) -> bool:
+        """True when ``model.onnx`` takes all views of a photo at once (format 2 and later)."""
+        return self.format_version >= 2
 
     @property
     def _legacy_rule(self) -> bool:
@@ -153,6 +175,15 @@ class ModelMetadata:
         """The same metadata with the evaluation's metrics stored."""
         return replace(self, metrics=metrics)
 
+    @property
+    def card_or_default(self) -> ModelCard:
+        """The card, or neutral words from the labels for a directory from before cards."""
+        return self.card or default_card(self.labels, self.name)
+
+    def with_card(self, card: ModelCard | None) -> ModelMetadata:
+        """The same metadata with this card."""
+        return replace(self, card=card)
+
     def to_json(self) -> dict[str, Any]:
         """``metadata.json`` as a dict, keys in the order ``egr train`` has always written them."""
         return copy.deepcopy(
@@ -167,6 +198,7 @@ class ModelMetadata:
                     "resize": self.backbone.resize,
                     "scale": self.backbone.scale,
                     "channels": self.backbone.channels,
+                    **({"views": [v.to_json() for v in self.views]} if self.views_in_graph else {}),
                 },
                 "tta": self.tta,
                 "temperature": self.calibration.temperature,
@@ -193,6 +225,7 @@ class ModelMetadata:
                     if self.conformal_curve
                     else {}
                 ),
+                **({} if self.card is None else {"card": self.card.to_json()}),
                 **self.extra,
             }
         )
@@ -240,6 +273,7 @@ _KNOWN_KEYS = (
     "metrics",
     "conformal",
     "conformal_curve",
+    "card",
 )
 _TYPE_NAMES = {
     str: "a string",
@@ -337,11 +371,11 @@ def parse_metadata(data: object, labels: tuple[str, ...], where: str) -> ModelMe
     """Typed metadata from the JSON of ``metadata.json``, checked key by key."""
     top = _Fields(data, where)
     version = top.get("format_version", int)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         newer = "newer than" if version > FORMAT_VERSION else "not one"
         raise ModelError(
             f"{where}: model format version {version} is {newer} this egr understands "
-            f"({FORMAT_VERSION}); use the egr release that wrote it or re-train the model"
+            f"({', '.join(map(str, READABLE_VERSIONS))}); use the egr release that wrote it or re-train the model"
         )
     preprocessing = top.object("preprocessing")
     backbone = BackboneInfo(
@@ -352,6 +386,12 @@ def parse_metadata(data: object, labels: tuple[str, ...], where: str) -> ModelMe
         scale=preprocessing.choice("scale", (SCALE,)),
         channels=preprocessing.choice("channels", (CHANNELS,)),
     )
+    views: tuple[View, ...] = ()
+    if version >= 2:
+        try:
+            views = parse_views(preprocessing.data.get("views"))
+        except ValueError as error:
+            raise ModelError(f"{where}: preprocessing.views: {error}") from None
     options = top.object("options")
     target = options.data.get("abstain_target")
     if target is not None:
@@ -390,6 +430,7 @@ def parse_metadata(data: object, labels: tuple[str, ...], where: str) -> ModelMe
         labels=labels,
         conformal=_parse_conformal(top.data.get("conformal"), labels, calibration, f"{where}: conformal"),
         conformal_curve=_parse_conformal_curve(top, labels, calibration, where),
+        card=_parse_card(top.data.get("card"), labels, top.data.get("name"), f"{where}: card"),
         name=top.get("name", str),
         version=top.get("version", str),
         backbone=backbone,
@@ -402,8 +443,19 @@ def parse_metadata(data: object, labels: tuple[str, ...], where: str) -> ModelMe
         metrics=top.get("metrics", dict),
         abstain_label=top.choice("abstain_label", (ABSTAIN_LABEL,)),
         format_version=version,
+        views=views,
         extra={key: value for key, value in top.data.items() if key not in _KNOWN_KEYS},
     )
+
+
+def _parse_card(data: object, labels: tuple[str, ...], name: object, where: str) -> ModelCard | None:
+    """The stored card, checked as strictly as ``card.toml`` (its texts are shown to people)."""
+    if data is None:
+        return None
+    try:
+        return ModelCard.from_json(data, labels, where, name if isinstance(name, str) else None)
+    except CardError as error:
+        raise ModelError(str(error)) from None
 
 
 def _parse_conformal(
@@ -490,11 +542,16 @@ def check_graph(session, model_dir: ModelDir) -> None:
         names = ", ".join(repr(i.name) for i in inputs) or "none"
         raise ModelError(f"{where}: expected one input named 'pixels', found {names}")
     shape = list(inputs[0].shape)
-    fits = len(shape) == 4 and shape[1] == 3 and all(not isinstance(d, int) or d == size for d in shape[2:])
+    meta = model_dir.metadata
+    lead = ["batch", "views"] if meta.views_in_graph else ["batch"]
+    fits = (
+        len(shape) == len(lead) + 3
+        and shape[len(lead)] == 3
+        and all(not isinstance(d, int) or d == size for d in shape[len(lead) + 1 :])
+    )
     if not fits or inputs[0].type != "tensor(float)":
-        raise ModelError(
-            f"{where}: input 'pixels' is {inputs[0].type} {shape}; expected float [batch, 3, {size}, {size}]"
-        )
+        expected = ", ".join([*lead, "3", str(size), str(size)])
+        raise ModelError(f"{where}: input 'pixels' is {inputs[0].type} {shape}; expected float [{expected}]")
     outputs = {o.name: o for o in session.get_outputs()}
     for name in ("probabilities", "embedding"):
         if name not in outputs:
@@ -502,7 +559,7 @@ def check_graph(session, model_dir: ModelDir) -> None:
     width = outputs["probabilities"].shape[-1] if outputs["probabilities"].shape else None
     if not isinstance(width, int):  # a dynamic width: ask the graph itself
         try:
-            probe = np.zeros((1, 3, size, size), np.float32)
+            probe = np.zeros((1, *([len(meta.views)] if meta.views_in_graph else []), 3, size, size), np.float32)
             width = int(session.run(["probabilities"], {"pixels": probe})[0].shape[-1])
         except _ort_errors() as error:
             raise ModelError(f"{where}: the graph fails on a blank image ({_first_line(error)})") from None

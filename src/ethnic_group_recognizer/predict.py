@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
-from ethnic_group_recognizer.images import ImageError, load_image
+from ethnic_group_recognizer.images import ImageError
 from ethnic_group_recognizer.model import Prediction, Recognizer
 from ethnic_group_recognizer.progress import progress
 
@@ -44,22 +44,11 @@ def predict_paths(
 
 def _stream(recognizer: Recognizer, paths: list[Path], step: int, show_progress: bool) -> Iterator[dict]:
     low_data = set(recognizer.low_data_labels())
-    for start in progress(
-        range(0, len(paths), step),
-        f"Predicting {len(paths)} images, batches of {step}",
-        disable=not show_progress,
-        total=-(-len(paths) // step),
+    results = recognizer.predict_sources(paths, batch_size=step)
+    for path, result in progress(
+        results, f"Predicting {len(paths)} images", disable=not show_progress, total=len(paths)
     ):
-        chunk = paths[start : start + step]
-        loaded, results = [], {}
-        for i, path in enumerate(chunk):
-            try:
-                loaded.append((i, load_image(path, recognizer.config)))
-            except ImageError as error:
-                results[i] = {"path": str(path), "error": str(error)}
-        if loaded:
-            predictions = recognizer.predict_images([image for _, image in loaded])
-            for (i, _), prediction in zip(loaded, predictions, strict=True):
-                results[i] = prediction_row(prediction, str(chunk[i]), low_data)
-        for i in range(len(chunk)):
-            yield results[i]
+        if isinstance(result, ImageError):
+            yield {"path": str(path), "error": str(result)}
+        else:
+            yield prediction_row(result, str(path), low_data)

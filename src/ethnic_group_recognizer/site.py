@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ethnic_group_recognizer.config import PACKAGE_DIR, Config
+from ethnic_group_recognizer.views import parse_views
 
 WEB_DIR = PACKAGE_DIR / "web"
 CONFIG_FILE = "config.js"
@@ -41,8 +42,12 @@ MODEL_FILE, LABELS_FILE, METADATA_FILE, CARD_FILE = (
 )
 MODEL_DIR = "model"
 RUNTIME_DIR = "ort"
-#: The preprocessing the in-browser page implements (web/local/pillow.js); anything else is refused.
+#: The preprocessing the in-browser page implements (web/local/pillow.js, views.js); anything else
+#: is refused. Besides these and ``image_size``, a format-2 model lists its ``views`` (views.py).
 SUPPORTED_PREPROCESSING = {"resize": "squish", "scale": "(pixel - 127) / 128", "channels": "RGB"}
+#: The model directory formats the page reads: 1 (one view a graph row, averaged by the page) and
+#: 2 (``pixels`` [photos, V, 3, S, S], the views averaged inside the graph).
+SUPPORTED_FORMATS = (1, 2)
 #: fp16 weights are shipped only if no probe photo changes label and no probability moves more.
 #: Tight on purpose: on the shipped model fp16 moves confidences by up to 0.0085, which flipped 2
 #: of 20 benchmark photos lying within 0.004 of the threshold (docs/IN_BROWSER.md).
@@ -157,11 +162,29 @@ def _file_facts(path: Path, relative: str) -> dict:
 
 
 def check_preprocessing(metadata: dict) -> None:
-    """Refuse a model whose preprocessing the page does not implement (it would give other answers)."""
+    """Refuse a model whose preprocessing the page does not implement (it would give other answers).
+
+    Format 2 must list its views (``preprocessing.views``, checked as ``views.parse_views`` does:
+    the page renders exactly those boxes and mirrors); format 1 must not (its views are the photo
+    and, with ``tta``, its mirror).
+    """
+    version = metadata.get("format_version", 1)
+    if version not in SUPPORTED_FORMATS:
+        raise ValueError(
+            f"the in-browser page reads model format versions {', '.join(map(str, SUPPORTED_FORMATS))}; "
+            f"this model's is {version!r}"
+        )
     steps = dict(metadata.get("preprocessing") or {})
     size = steps.pop("image_size", None)
-    if not isinstance(size, int) or not 32 <= size <= 2048:
+    if not isinstance(size, int) or isinstance(size, bool) or not 32 <= size <= 2048:
         raise ValueError(f"the model's preprocessing has no usable image_size ({size!r})")
+    if version >= 2:
+        if "views" not in steps:
+            raise ValueError("the model's preprocessing lists no views (format 2 needs preprocessing.views)")
+        try:
+            parse_views(steps.pop("views"))
+        except ValueError as error:
+            raise ValueError(f"the model's preprocessing.views: {error}") from None
     if steps != SUPPORTED_PREPROCESSING:
         raise ValueError(
             "the in-browser page implements only the squish resize with (pixel - 127) / 128 on RGB; "
@@ -372,6 +395,9 @@ def build_in_browser_site(
             "weights_check": check,
             "threshold": recognizer.threshold,
             "tta": recognizer.tta,
+            # The views the page renders (views.py); in the graph for format 2, averaged by the page for 1.
+            "format_version": recognizer.model_dir.metadata.format_version,
+            "views": [view.to_json() for view in recognizer.views],
             "image_size": recognizer.image_size,
         },
         "runtime": {

@@ -51,9 +51,6 @@ SHORT_DESCRIPTION_MAX = 60
 SPACE_COLORS = ("red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray")
 DEFAULT_EMOJI = "🖼️"
 DEFAULT_LICENSE = "mit"
-#: The shipped model's metadata name, and the title its Space gets (until its card gives one).
-SHIPPED_MODEL_NAME = "default"
-PRODUCT_TITLE = "Ethnic Group Recognizer"
 #: Schemes a ``--source`` URL may use (pip's direct-reference forms).
 _SOURCE_URL = re.compile(r"^(git\+(https|ssh|http|file)|https?|file)://\S+$")
 _LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
@@ -203,17 +200,8 @@ def pinned_gradio_version() -> str:
 
 
 def space_title(model: ModelDir) -> str:
-    """The model's title: its card's title when it has one, else its name (the shipped model: the product's)."""
-    metadata = model.metadata
-    for title in (getattr(metadata, "title", None), metadata.extra.get("title")):
-        if isinstance(title, str) and one_line(title):
-            return one_line(title)
-    card = metadata.extra.get("card")
-    if isinstance(card, dict) and isinstance(card.get("title"), str) and one_line(card["title"]):
-        return one_line(card["title"])
-    if _same_path(model.path, DEFAULT_MODEL_DIR) or metadata.name == SHIPPED_MODEL_NAME:
-        return PRODUCT_TITLE
-    return one_line(metadata.name) or "Photo classifier"
+    """The model's title, from its card (neutral words from its name for a directory without one)."""
+    return one_line(model.metadata.card_or_default.title) or "Photo classifier"
 
 
 def short_description(model: ModelDir) -> str:
@@ -271,13 +259,6 @@ def readme_text(model: ModelDir, front_matter: SpaceFrontMatter, requirement: st
 
 
 # -- the build ------------------------------------------------------------------------------------
-def _same_path(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
-
-
 def _check_out(out: Path, model_path: Path, force: bool) -> None:
     """Refuse an ``out`` that is a file, a non-empty folder (without ``force``) or overlaps the model."""
     if out.is_symlink() and not out.is_dir():

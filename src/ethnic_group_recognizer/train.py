@@ -39,7 +39,8 @@ from ethnic_group_recognizer.model_dir import (
     write_model_dir,
     write_split,
 )
-from ethnic_group_recognizer.probe import fit_probe_head, head_logits
+from ethnic_group_recognizer.probe import fit_probe_head, head_logits, unit
+from ethnic_group_recognizer.views import View, ViewSet, decode_side, view_set
 
 #: Target coverages also calibrated, for the evaluation's coverage-versus-set-size curve.
 CURVE_COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
@@ -63,7 +64,10 @@ class TrainOptions:
     regularization: float = 0.05  # inverse L2 strength (C) of the logistic head, on standardised features
     augment_copies: int = 8  # augmented copies per image of a small class (probe)
     prototype_weight: float = 0.3  # blend of nearest-class-mean (cosine) logits into the head
-    tta: bool = True  # average the photo and its mirror image at prediction time
+    #: The views of a photo averaged before the head, at training and prediction time (views.py):
+    #: ``crops`` (photo, mirror, 4 corners and centre at 60 %; 7 views), ``mirror`` (2), ``full`` (1).
+    #: None: ``crops`` for the probe, ``mirror`` for fine-tuning (which trains on whole photos).
+    views: ViewSet | None = None
     # share of held-out ``other`` photos the threshold must abstain on; None: balance it with accuracy.
     # 0.9: a wrong label misleads a cataloguer more than no label (README, Results)
     abstain_target: float | None = 0.9
@@ -71,6 +75,8 @@ class TrainOptions:
     head_epochs: int = 1  # finetune: head warm-up with the backbone frozen, after the probe initialisation
     learning_rate: float = 1e-3  # finetune, head; the backbone gets a tenth
     patience: int = 2  # finetune: early stopping on validation loss
+    #: finetune: input side; None: the ImageNet size (224 for Lite0). 320 is the probe's.
+    image_size: int | None = None
     name: str = "model"
     #: Target coverage of the conformal prediction sets (docs/PREDICTION_SETS.md), in (0, 1).
     coverage: float = 0.9
@@ -80,20 +86,30 @@ class TrainOptions:
     conformal_method: ConformalMethod = "aps"
     #: Per-class (Mondrian) set calibration for classes with enough calibration photos.
     mondrian: bool = True
+    #: The model card (card.py): its title and one-line description, overriding the card file's;
+    #: the card file, when not the dataset's own ``card.toml``. Stored in the card, not in options.
+    title: str | None = None
+    description: str | None = None
+    card_file: str | Path | None = None
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, TrainMode)
         check_number("regularization", self.regularization, 0.0, 1e6, low_open=True)
         check_integer("augment_copies", self.augment_copies, 0, 1000)
         check_number("prototype_weight", self.prototype_weight, 0.0, 1.0)
-        if not isinstance(self.tta, bool):
-            raise ValueError(f"tta must be true or false, got {self.tta!r}")
+        if self.views is None:
+            self.views = "crops" if self.mode == "probe" else "mirror"
+        check_choice("views", self.views, ViewSet)
+        if self.mode == "finetune" and self.views == "crops":
+            raise ValueError("views 'crops' is for the probe; fine-tuning takes 'mirror' or 'full'")
         if self.abstain_target is not None:
             check_number("abstain_target", self.abstain_target, 0.0, 1.0, high_open=True)
         check_integer("epochs", self.epochs, 1, 10_000)
         check_integer("head_epochs", self.head_epochs, 0, 10_000)
         check_number("learning_rate", self.learning_rate, 0.0, 10.0, low_open=True)
         check_integer("patience", self.patience, 0, 10_000)
+        if self.image_size is not None:
+            check_integer("image_size", self.image_size, 32, 1024)
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         check_number("coverage", self.coverage, 0.0, 1.0, low_open=True, high_open=True)
@@ -101,6 +117,11 @@ class TrainOptions:
         check_choice("conformal_method", self.conformal_method, ConformalMethod)
         if not isinstance(self.mondrian, bool):
             raise ValueError(f"mondrian must be true or false, got {self.mondrian!r}")
+        from ethnic_group_recognizer.card import check_overrides  # a leaf module
+
+        check_overrides(self.title, self.description)
+        if self.card_file is not None and not isinstance(self.card_file, str | Path):
+            raise ValueError(f"card_file must be a path, got {self.card_file!r}")
 
 
 @dataclass(frozen=True)
@@ -117,14 +138,22 @@ class TrainResult:
 
 
 @dataclass
-class _Views:
-    """Embeddings of the same records: plain, mirrored, and augmented copies (small classes)."""
+class _Features:
+    """Training and prediction rows of the same records (unit features, as the head reads them)."""
 
-    plain: np.ndarray
-    mirror: np.ndarray
-    extra_features: np.ndarray
+    #: (N, d): the unit mean of each photo's unit view features: exactly what the graph computes.
+    photo: np.ndarray
+    #: (N, d) or None: the same for the mirrored views, a training-only row, for view sets that
+    #: hold no mirror (the head then also learns the photo's mirror image).
+    mirror: np.ndarray | None
+    extra_features: np.ndarray  # augmented copies of small-class photos (full view)
     extra_targets: np.ndarray
     extra_owner: np.ndarray  # index of the record each augmented copy came from
+
+
+def _view_mean(vectors: np.ndarray) -> np.ndarray:
+    """(N, V, d) view embeddings -> (N, d): unit per view, mean, unit again (as attach_head does)."""
+    return unit(unit(vectors).mean(axis=1))
 
 
 def _embed_views(
@@ -134,45 +163,62 @@ def _embed_views(
     train_idx: list[int],
     options: TrainOptions,
     config: Config,
-) -> _Views:
+) -> _Features:
     from ethnic_group_recognizer.backbone import Embedder, augment
 
     embedder = Embedder(config.backbone, config)
     paths = [dataset.abspath(r) for r in records]
     hashes = [r.sha256 for r in records]
-    plain = embedder.embed_files(paths, hashes)
-    mirror = embedder.embed_files(paths, hashes, mirror=True)
+    views = view_set(options.views or "crops")
+    photo = _view_mean(embedder.embed_file_views(paths, hashes, views))
+    mirror = None
+    if not any(v.mirror for v in views):
+        flipped = tuple(View(v.box, True) for v in views)
+        mirror = _view_mean(
+            embedder.embed_file_views(
+                paths, hashes, flipped, side=decode_side(views, embedder.spec.image_size)
+            )
+        )
     counts = Counter(targets[train_idx].tolist())
     rng = random.Random(config.seed)
     owners, images = [], []
+    side = decode_side(views, embedder.spec.image_size)
     for i in train_idx:
         if counts[targets[i]] < SMALL_CLASS_IMAGES:
-            image = load_image(paths[i], config)
+            image = load_image(paths[i], config, target_side=side)
             for _ in range(options.augment_copies):
                 owners.append(i)
                 images.append(augment(image, rng))
-    extra = embedder.embed_images(images) if images else np.zeros((0, plain.shape[1]), np.float32)
+    extra = unit(embedder.embed_images(images)) if images else np.zeros((0, photo.shape[1]), np.float32)
     owner = np.array(owners, dtype=int)
-    return _Views(plain, mirror, extra, targets[owner] if len(owner) else np.zeros(0, int), owner)
+    return _Features(photo, mirror, extra, targets[owner] if len(owner) else np.zeros(0, int), owner)
 
 
 def _training_matrix(
-    views: _Views, indices: np.ndarray, targets: np.ndarray
+    features: _Features, indices: np.ndarray, targets: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Plain + mirrored embeddings of ``indices``, plus the augmented copies of those records."""
-    keep = np.isin(views.extra_owner, indices)
-    features = np.concatenate([views.plain[indices], views.mirror[indices], views.extra_features[keep]])
-    labels = np.concatenate([targets[indices], targets[indices], views.extra_targets[keep]])
-    return features, labels
+    """The photo rows of ``indices`` (and their mirror rows), plus those records' augmented copies."""
+    keep = np.isin(features.extra_owner, indices)
+    rows = [features.photo[indices]] + ([] if features.mirror is None else [features.mirror[indices]])
+    labels = [targets[indices]] * len(rows)
+    return (
+        np.concatenate([*rows, features.extra_features[keep]]),
+        np.concatenate([*labels, features.extra_targets[keep]]),
+    )
 
 
 def _fit_head(
-    views: _Views, indices: np.ndarray, targets: np.ndarray, n_outputs: int, options: TrainOptions, seed: int
+    features: _Features,
+    indices: np.ndarray,
+    targets: np.ndarray,
+    n_outputs: int,
+    options: TrainOptions,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The probe head fitted on the training matrix of ``indices`` with the options' recipe."""
-    features, labels = _training_matrix(views, indices, targets)
+    rows, labels = _training_matrix(features, indices, targets)
     return fit_probe_head(
-        features,
+        rows,
         labels,
         n_outputs,
         regularization=options.regularization,
@@ -181,31 +227,17 @@ def _fit_head(
     )
 
 
-def _predict_view_logits(
-    views: _Views, indices: np.ndarray, weights: np.ndarray, bias: np.ndarray, tta: bool
-) -> np.ndarray:
-    """(N, views, outputs) logits of each view the model averages at prediction (photo, mirror)."""
-    logits = [head_logits(views.plain[indices], weights, bias)]
-    if tta:
-        logits.append(head_logits(views.mirror[indices], weights, bias))
-    return np.stack(logits, axis=1)
-
-
-def _predict_logits(views: _Views, indices: np.ndarray, weights: np.ndarray, bias: np.ndarray, tta: bool):
-    return _predict_view_logits(views, indices, weights, bias, tta).mean(axis=1)
-
-
-def served_probabilities(view_logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities as ``Recognizer.probabilities`` computes them: softmax per view, then the mean.
+def served_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities as the model serves them: softmax of the photo's logits over the temperature.
 
     The abstain threshold and the sets are calibrated on these, so what is served is what was
-    calibrated (a softmax of averaged logits differs, most for P(other) on ambiguous photos).
+    calibrated.
     """
-    return np.mean([softmax(view_logits[:, v] / temperature) for v in range(view_logits.shape[1])], axis=0)
+    return softmax(logits / temperature)
 
 
 def _out_of_fold_logits(
-    views: _Views,
+    features: _Features,
     train_idx: np.ndarray,
     targets: np.ndarray,
     groups: np.ndarray,
@@ -213,12 +245,12 @@ def _out_of_fold_logits(
     options: TrainOptions,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out (N, views, outputs) logits for the training images from 5 group-aware folds."""
-    logits = np.zeros((len(train_idx), 2 if options.tta else 1, n_outputs))
+    """Held-out (N, outputs) logits for the training images from 5 group-aware folds."""
+    logits = np.zeros((len(train_idx), n_outputs))
     covered = np.zeros(len(train_idx), bool)
     for fit_part, held_part in group_folds(targets[train_idx], groups[train_idx], 5, seed):
-        weights, bias = _fit_head(views, train_idx[fit_part], targets, n_outputs, options, seed)
-        logits[held_part] = _predict_view_logits(views, train_idx[held_part], weights, bias, options.tta)
+        weights, bias = _fit_head(features, train_idx[fit_part], targets, n_outputs, options, seed)
+        logits[held_part] = head_logits(features.photo[train_idx[held_part]], weights, bias)
         covered[held_part] = True
     return logits[covered], targets[train_idx][covered]
 
@@ -290,11 +322,11 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
 
     if options.mode == "probe":
-        views = _embed_views(dataset, records, targets, train_idx.tolist(), options, config)
-        oof_view_logits, oof_targets = _out_of_fold_logits(
-            views, train_idx, targets, groups, n_outputs, options, config.seed
+        features = _embed_views(dataset, records, targets, train_idx.tolist(), options, config)
+        oof_logits, oof_targets = _out_of_fold_logits(
+            features, train_idx, targets, groups, n_outputs, options, config.seed
         )
-        weights, bias = _fit_head(views, train_idx, targets, n_outputs, options, config.seed)
+        weights, bias = _fit_head(features, train_idx, targets, n_outputs, options, config.seed)
         from ethnic_group_recognizer.backbone import backbone_onnx
 
         backbone_path = backbone_onnx(config.backbone, config)
@@ -307,17 +339,18 @@ def train(
             head_epochs=options.head_epochs,
             learning_rate=options.learning_rate,
             patience=options.patience,
-            tta=options.tta,
+            tta=options.views == "mirror",
             regularization=options.regularization,
+            image_size=options.image_size,
         )
         paths = [dataset.abspath(r) for r in records]
         tuned = finetune(paths, targets, train_idx, val_idx, n_outputs, recipe, config, out)
         backbone_path, weights, bias = tuned.backbone_path, tuned.weights, tuned.bias
-        oof_view_logits, oof_targets = tuned.val_logits[:, None, :], tuned.val_targets
+        oof_logits, oof_targets = tuned.val_logits, tuned.val_targets
         calibration_note = "the validation split (fine-tuning has no out-of-fold predictions)"
 
-    temperature = fit_temperature(oof_view_logits.mean(axis=1), oof_targets)
-    oof_probabilities = served_probabilities(oof_view_logits, temperature)
+    temperature = fit_temperature(oof_logits, oof_targets)
+    oof_probabilities = served_probabilities(oof_logits, temperature)
     threshold = choose_threshold(
         oof_probabilities, oof_targets, len(labels), options.abstain_target, options.abstain_rule
     )
@@ -345,10 +378,11 @@ def train(
         version=time.strftime("%Y.%m.%d"),
         backbone=BackboneInfo(
             name=spec.name,
-            image_size=spec.image_size if options.mode == "probe" else spec.native_size,
+            image_size=spec.image_size if options.mode == "probe" else options.image_size or spec.native_size,
             pooling=spec.pooling,
         ),
-        tta=options.tta,
+        tta=any(v.mirror for v in view_set(options.views or "crops")),
+        views=view_set(options.views or "crops"),
         calibration=Calibration(
             temperature=temperature,
             threshold=threshold,
@@ -371,6 +405,15 @@ def train(
         ),
         options=asdict(options),
     )
+    from dataclasses import replace
+
+    from ethnic_group_recognizer.card import OPTION_FIELDS, card_from_dataset  # a leaf module
+
+    card = card_from_dataset(
+        dataset.root, labels, options.title, options.description, options.card_file, options.name
+    )
+    kept = {key: value for key, value in metadata.options.items() if key not in OPTION_FIELDS}
+    metadata = replace(metadata, card=card, options=kept)
     write_model_dir(out, metadata)
     write_split(out, [r.sha256 for r in train_records], [records[i].sha256 for i in val_idx])
     return TrainResult(out, metadata)

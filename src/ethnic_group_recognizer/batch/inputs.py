@@ -135,15 +135,17 @@ class Reader:
         except httpx.HTTPError as error:
             raise ImageError(f"cannot fetch URL: {str(error) or type(error).__name__}") from None
 
-    def read(self, entry: str, config: Config, want_hash: bool = False) -> tuple[Image.Image, str | None]:
-        """Decode one entry with the safe loader; the sha256 of its bytes when asked."""
+    def read(
+        self, entry: str, config: Config, want_hash: bool = False, target_side: int | None = None
+    ) -> tuple[Image.Image, str | None]:
+        """Decode one entry with the safe loader (draft mode to ``target_side``); its sha256 when asked."""
         if is_url(entry):
             data = self.fetch(entry)
-            return load_image(data, config), sha256_bytes(data) if want_hash else None
+            return load_image(data, config, target_side), sha256_bytes(data) if want_hash else None
         path = entry
         if self.base and not os.path.isabs(entry) and os.getcwd() != self.base:
             path = os.path.join(self.base, entry)
-        image = load_image(path, config)  # the same checks and messages as `egr predict`
+        image = load_image(path, config, target_side)  # the same checks and messages as `egr predict`
         return image, sha256_file(path) if want_hash else None
 
     def close(self) -> None:

@@ -18,24 +18,28 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 
 def predict_batch(recognizer: Recognizer, entries: Sequence[str], reader: Reader) -> list[dict]:
-    """``egr predict --jsonl`` objects for ``entries``, in order; failures become ``{"path","error"}``."""
-    results: list[dict | None] = [None] * len(entries)
+    """``egr predict --jsonl`` objects for ``entries``, in order; failures become ``{"path","error"}``.
+
+    The same engine as ``egr predict`` (decoding overlapped with the model, draft mode): only
+    the reader differs (it also fetches URLs).
+    """
     low_data = set(recognizer.low_data_labels())
-    loaded = []
-    for i, entry in enumerate(entries):
-        try:
-            loaded.append((i, reader.read(entry, recognizer.config)[0]))
-        except Exception as error:  # any bad file is a row, never a crashed job
-            results[i] = {"path": entry, "error": describe_error(error)}
-    if loaded:
-        try:
-            predictions = recognizer.predict_images([image for _, image in loaded])
-            for (i, _), prediction in zip(loaded, predictions, strict=True):
-                results[i] = prediction_row(prediction, entries[i], low_data)
-        except Exception as error:
-            for i, _ in loaded:
-                results[i] = {"path": entries[i], "error": f"model failed: {describe_error(error)}"}
-    return [result for result in results if result is not None]
+    config, side = recognizer.config, recognizer.decode_side
+    results: list[dict] = []
+    try:
+        for entry, result in recognizer.predict_sources(
+            entries,
+            decode=lambda entry: reader.read(entry, config, target_side=side)[0],
+            expected=(Exception,),  # any bad file is a row, never a crashed job
+        ):
+            if isinstance(result, BaseException):
+                results.append({"path": entry, "error": describe_error(result)})
+            else:
+                results.append(prediction_row(result, entry, low_data))
+    except Exception as error:  # the model failed: the rest of the batch are error rows
+        for entry in entries[len(results) :]:
+            results.append({"path": entry, "error": f"model failed: {describe_error(error)}"})
+    return results
 
 
 def embed_batch(embedder: Embedder, entries: Sequence[str], reader: Reader, mirror: bool) -> list[dict]:
@@ -47,7 +51,9 @@ def embed_batch(embedder: Embedder, entries: Sequence[str], reader: Reader, mirr
     loaded = []
     for i, entry in enumerate(entries):
         try:
-            image, digest = reader.read(entry, embedder.config, want_hash=True)
+            # decoded as the embedding cache's full-photo views are (draft to the input side)
+            side = embedder.spec.image_size
+            image, digest = reader.read(entry, embedder.config, want_hash=True, target_side=side)
             rows[i]["sha256"] = digest
             loaded.append((i, image))
         except Exception as error:  # any bad file is a row, never a crashed job

@@ -21,8 +21,9 @@ from ethnic_group_recognizer.cli import batch, clean, data, model
 from ethnic_group_recognizer.serve import cli as serve_cli
 
 #: What ``egr --help`` opens with: what the tool does, for the person who just installed it.
-HELP = """Recognise what a photo shows (the dress, crafts and festivals of 12 ethnic groups, with the
-shipped model, or your own classes) and say "none of these" when it shows none of them.
+HELP = """Recognise what a photo shows, with the shipped model (traditional dress, adornment, crafts
+and festivals) or one trained on your own classes, and say "none of these" when it shows none
+of them.
 
 Your own model: egr data import, egr clean, egr train, egr evaluate, then egr serve or egr predict.
 'egr COMMAND --help' explains each command."""

@@ -10,12 +10,24 @@ from rich.markup import escape
 from rich.table import Table
 
 from ethnic_group_recognizer.cli.common import PlainUsage, plain, stdout_console
+from ethnic_group_recognizer.config import ABSTAIN_LABEL
 from ethnic_group_recognizer.console import fail, stderr
+from ethnic_group_recognizer.dataset import printable
 
 app = typer.Typer(
     no_args_is_help=True,
     help="Dataset folders (one folder per class, plus 'other') and their manifests.",
 )
+
+
+def no_other_warning(dataset: Path) -> str:
+    """The one line said when a dataset has no ``other`` photos: what it costs and how to fix it."""
+    shown = printable(str(dataset))
+    return (
+        f"[bold yellow]warning:[/] {escape(shown)} has no '{ABSTAIN_LABEL}' photos, so a model trained on it "
+        "can never answer \"none of these\": add an 'other/' folder of photos that are none of the "
+        f"classes (egr data import DIR --out {escape(shown)} --label {ABSTAIN_LABEL}) and train again"
+    )
 
 
 def _counts_table(counts: dict[str, int]) -> Table:
@@ -65,14 +77,17 @@ def data_info(
     dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset folder.")],
 ) -> None:
     """Bring a dataset's manifest up to date; show images per class and the unreadable files."""
-    from ethnic_group_recognizer.dataset import STATUS_ERROR, Dataset, DatasetError, printable
+    from ethnic_group_recognizer.dataset import STATUS_ERROR, Dataset, DatasetError
     from ethnic_group_recognizer.locking import DatasetBusyError
 
     try:
         ds = Dataset.open(dataset)
     except (FileNotFoundError, DatasetError, DatasetBusyError) as error:
         fail(str(error))
-    stdout_console().print(_counts_table(ds.counts()))
+    counts = ds.counts()
+    stdout_console().print(_counts_table(counts))
+    if not counts.get(ABSTAIN_LABEL):
+        stderr.print(no_other_warning(dataset), soft_wrap=True)
     for record in ds.records.values():
         if record.status == STATUS_ERROR:
             stderr.print(

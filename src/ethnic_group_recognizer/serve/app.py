@@ -80,12 +80,19 @@ def _onnxruntime_without_telemetry() -> None:
 def _describe(recognizer: Recognizer) -> dict[str, str]:
     """OpenAPI title, summary and description, in the model's own words."""
     texts = model_texts(recognizer)
+    count = len(texts.labels)
+    abstains = (
+        f'`label` is null when the photo shows none of the model\'s {count} labels ("{texts.abstain_text}"); '
+        if texts.can_abstain
+        else 'This model cannot answer "none of these" (it was trained without `other` photos): `label` '
+        f"is always one of its {count} labels. "
+    )
     return {
         "title": texts.title,
         "summary": texts.summary,
         "description": (
             "Recognises what a photograph shows, never who a person is: there is no face detection. "
-            f'`label` is null when the photo shows none of the model\'s {len(texts.labels)} labels ("{texts.abstain_text}"); '
+            f"{abstains}"
             "`prediction_set` lists the labels that together hold the right one for `coverage` of photos. "
             "Labels backed by few training images are flagged `low_data`. Uploads are processed in memory "
             "and never stored or logged."
@@ -113,7 +120,7 @@ def create_app(settings: ServeSettings | None = None, recognizer: Recognizer | N
         else None
     )
     decoder = DecodePool(
-        settings.decode_processes, settings.decode_timeout_s, recognizer.config, recognizer.image_size
+        settings.decode_processes, settings.decode_timeout_s, recognizer.config, recognizer.decode_side
     )
 
     @contextlib.asynccontextmanager

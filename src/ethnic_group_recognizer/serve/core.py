@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -23,7 +22,12 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from fastapi import Depends, FastAPI, Request
 from PIL import Image
 
-from ethnic_group_recognizer.config import ABSTAIN_TEXT, LABELS
+from ethnic_group_recognizer.card import (
+    ModelCard,
+    data_sources_markdown,
+    failure_modes_markdown,
+    what_it_does,
+)
 from ethnic_group_recognizer.explain import Explanation, explain
 from ethnic_group_recognizer.model import LOW_DATA_IMAGES, Prediction, Recognizer
 from ethnic_group_recognizer.serve.decode_worker import DecodePool, DecodeRefused
@@ -107,6 +111,17 @@ def explanation_target(prediction: Prediction) -> str:
 
 
 # -- what the model says about itself --------------------------------------------------------------
+def model_card(recognizer: Recognizer) -> ModelCard:
+    """The model directory's card; neutral words from its labels for a directory from before cards."""
+    return recognizer.model_dir.metadata.card_or_default
+
+
+def can_abstain(recognizer: Recognizer) -> bool:
+    """Whether the model can answer "none of these": not when trained without ``other`` photos
+    (its threshold is 0, so every photo gets one of its labels)."""
+    return recognizer.threshold > 0
+
+
 @dataclass(frozen=True)
 class ModelTexts:
     """The words shown about a model: read from its directory, never the shipped model's constants."""
@@ -117,65 +132,40 @@ class ModelTexts:
     #: The answer when the photo shows none of the labels (a client needing a string, not null).
     abstain_text: str
     labels: tuple[str, ...]
-
-
-def _card_field(recognizer: Recognizer, name: str) -> str | None:
-    """A text of the model directory's card section (title, abstain text, ...), when it has one.
-
-    The typed card section of the metadata is being added (issue 14); until then a ``card``
-    object in ``metadata.json`` (kept in ``extra``) is read.
-    """
-    metadata = recognizer.model_dir.metadata
-    card = getattr(metadata, "card", None)
-    value = getattr(card, name, None) if card is not None else None
-    if value is None:
-        extra_card = metadata.extra.get("card")
-        value = extra_card.get(name) if isinstance(extra_card, dict) else None
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def _card_what_it_does(recognizer: Recognizer) -> str | None:
-    """The first sentence of the "What it does" section of the directory's MODEL_CARD.md."""
-    card = recognizer.model_dir.card_path
-    if not card.is_file():
-        return None
-    text = card.read_text(encoding="utf-8", errors="replace")
-    match = re.search(r"^## What it does\s*\n(.+?)(?:\n\s*\n|\n#|\Z)", text, re.M | re.S)
-    if not match:
-        return None
-    paragraph = " ".join(match.group(1).split()).replace("**", "")
-    sentence = re.split(r"(?<=[.!?])\s", paragraph, maxsplit=1)[0]
-    return sentence or None
+    can_abstain: bool
+    card: ModelCard
 
 
 def model_texts(recognizer: Recognizer) -> ModelTexts:
-    """Title, summary and "none of these" text of ``recognizer``'s model, from its own directory.
+    """Title, summary and "none of these" text of ``recognizer``'s model, from its own card."""
+    card = model_card(recognizer)
+    return ModelTexts(
+        title=card.title,
+        summary=card.description,
+        abstain_text=card.none_of_these,
+        labels=tuple(recognizer.labels),
+        can_abstain=can_abstain(recognizer),
+        card=card,
+    )
 
-    The card section wins; a model trained on the reference data's label set keeps the wording
-    it has always had (its abstain text is ``config.ABSTAIN_TEXT``, the sentence its card quotes);
-    any other model gets neutral words built from its own labels.
-    """
-    labels = tuple(recognizer.labels)
-    count = len(labels)
-    reference = labels == LABELS
-    title = _card_field(recognizer, "title") or ("Ethnic Group Recognizer" if reference else None)
-    if title is None:
-        name = recognizer.name.replace("-", " ").replace("_", " ").strip()
-        title = f"Recognizer: {name}" if name else "Recognizer"
-    abstain = _card_field(recognizer, "abstain_text") or (
-        ABSTAIN_TEXT if reference else f"None of these {count}"
-    )
-    summary = (
-        _card_field(recognizer, "description")
-        or _card_what_it_does(recognizer)
-        or f"Says which of its {count} labels a photo shows ({', '.join(labels)}), or none of them."
-    )
-    return ModelTexts(title=title, summary=summary, abstain_text=abstain, labels=labels)
+
+def card_payload(recognizer: Recognizer) -> dict:
+    """The card's public texts, as ``/api/v1/model`` gives them (the pages read these)."""
+    card = model_card(recognizer)
+    return {
+        "title": card.title,
+        "description": card.description,
+        "none_of_these": card.none_of_these,
+        "label_names": {label: card.display_name(label) for label in recognizer.labels},
+        "intended_use": card.intended_use,
+        "out_of_scope_use": card.out_of_scope_use,
+        "data_sources": card.data_sources,
+    }
 
 
 def display_label(prediction: Prediction, texts: ModelTexts) -> str:
-    """The label, or the model's own "none of these" text when it abstained."""
-    return prediction.label if prediction.label is not None else texts.abstain_text
+    """The label's display name (the card's ``label_names``), or the model's "none of these" text."""
+    return texts.card.display_name(prediction.label) if prediction.label is not None else texts.abstain_text
 
 
 # -- the JSON ----------------------------------------------------------------------------------------
@@ -260,15 +250,22 @@ def labels_payload(recognizer: Recognizer) -> dict:
     return {
         "labels": labels,
         "low_data_below": LOW_DATA_IMAGES,
-        "abstain": {"label": None, "text": model_texts(recognizer).abstain_text},
+        "abstain": {
+            "label": None,
+            "text": model_texts(recognizer).abstain_text,
+            "can_abstain": can_abstain(recognizer),
+        },
         "metrics_split": metrics.get("split"),
     }
 
 
 def model_payload(recognizer: Recognizer, settings: ServeSettings) -> dict:
-    """``/api/v1/model``: the metadata as stored, the labels and threshold, and the serving limits."""
+    """``/api/v1/model``: the metadata as stored, the labels and threshold, the card's texts, whether
+    the model can say "none of these", and the serving limits."""
     return {
         **recognizer.metadata,
+        "card": card_payload(recognizer),
+        "can_abstain": can_abstain(recognizer),
         "labels": recognizer.labels,
         "low_data_labels": recognizer.low_data_labels(),
         "threshold": recognizer.threshold,
@@ -291,21 +288,26 @@ def model_payload(recognizer: Recognizer, settings: ServeSettings) -> dict:
 
 
 def model_card_text(recognizer: Recognizer) -> str:
-    """MODEL_CARD.md of the model directory, or a minimal card generated from its metadata."""
-    card = recognizer.model_dir.card_path
-    if card.is_file():
-        return card.read_text(encoding="utf-8")
-    texts = model_texts(recognizer)
+    """MODEL_CARD.md of the model directory, or a minimal card generated from its metadata and card."""
+    path = recognizer.model_dir.card_path
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    card = model_card(recognizer)
     low = set(recognizer.low_data_labels())
     rows = "\n".join(
-        f"| {label} | {count}{' **low data**' if label in low else ''} |"
+        f"| {card.display_name(label)} | {count}{' **low data**' if label in low else ''} |"
         for label, count in recognizer.training_counts.items()
     )
+    threshold = f"{recognizer.threshold:.2f}" + ("" if can_abstain(recognizer) else " (never abstains)")
     return (
         f"# Model card: {recognizer.name} ({recognizer.version})\n\n"
         "This model has no full model card (run `egr evaluate --update-model`).\n\n"
-        f'## What it does\n{texts.summary} When it shows none of them it abstains ("{texts.abstain_text}").\n\n'
+        f"## What it does\n{what_it_does(card, can_abstain(recognizer))}\n\n"
+        f"## Intended use\n{card.intended_use}\n\n"
+        f"## Out-of-scope use\n{card.out_of_scope_use}\n\n"
         f"## Model\n- Backbone: {recognizer.model_dir.metadata.backbone.name}\n"
-        f"- Abstain threshold: {recognizer.threshold:.2f}\n\n"
-        f"## Training images\n| label | training images |\n| --- | --- |\n{rows}\n"
+        f"- Abstain threshold: {threshold}\n\n"
+        f"## Training images\n| label | training images |\n| --- | --- |\n{rows}\n\n"
+        f"## Data\n{data_sources_markdown(card)}\n\n"
+        f"## Known failure modes\n{failure_modes_markdown(card)}\n"
     )

@@ -59,14 +59,14 @@ _REQUEST_SCHEMA: dict[str, Any] = {
 _RESPONSE_EXAMPLE: dict[str, Any] = {
     "data": [
         {
-            "label": "Kazakhs",
+            "label": "label A",
             "confidences": [
-                {"label": "Kazakhs", "confidence": 0.93, "low_data": False},
-                {"label": "Uzbeks", "confidence": 0.04, "low_data": False},
+                {"label": "label A", "confidence": 0.93, "low_data": False},
+                {"label": "label B", "confidence": 0.04, "low_data": False},
             ],
             "abstained": False,
             "low_data": False,
-            "prediction_set": ["Kazakhs"],
+            "prediction_set": ["label A"],
             "coverage": 0.9,
         }
     ],

@@ -84,7 +84,10 @@ class LabelOut(BaseModel):
 
 class AbstainOut(BaseModel):
     label: None = None
-    text: str
+    text: str = Field(description="What the model calls the answer 'none of these'.")
+    can_abstain: bool = Field(
+        description="False for a model trained without `other` photos: it never answers 'none of these'."
+    )
 
 
 class LabelsOut(BaseModel):
@@ -110,6 +113,18 @@ class ServingOut(BaseModel):
     onnx_threads: int
 
 
+class CardOut(BaseModel):
+    """What the model says about itself (its directory's card; neutral words for a model without one)."""
+
+    title: str = Field(description="The model's title, the product name its pages show.")
+    description: str = Field(description="One line: what a photo is classified into.")
+    none_of_these: str = Field(description="What the answer 'none of these' is called.")
+    label_names: dict[str, str] = Field(description="Each label's display name.")
+    intended_use: str = Field(description="Markdown.")
+    out_of_scope_use: str = Field(description="Markdown.")
+    data_sources: str = Field(description="Markdown; empty when whoever trained the model did not say.")
+
+
 class ModelOut(BaseModel):
     """``metadata.json`` as stored (every key, also those this version does not name) plus serving facts."""
 
@@ -117,6 +132,11 @@ class ModelOut(BaseModel):
 
     name: str
     version: str
+    card: CardOut
+    can_abstain: bool = Field(
+        description="False when the model was trained without `other` photos (threshold 0): it always "
+        "answers one of its labels and never 'none of these'."
+    )
     labels: list[str]
     low_data_labels: list[str]
     threshold: float

@@ -19,8 +19,9 @@ const About = (() => {
     return [...card.querySelectorAll("h2, h3, h4, h5, h6")].find((h) => /^data\b/i.test(h.textContent.trim())) || null;
   }
 
-  function describeSources(card, paragraph) {
-    const heading = dataHeading(card);
+  /** Where the card says its photos come from; ``stated`` false: the model's card says nothing of it. */
+  function describeSources(card, paragraph, stated) {
+    const heading = stated === false ? null : dataHeading(card);
     if (!heading) {
       paragraph.textContent =
         "This model's card does not list where its training photos come from; ask whoever trained it.";
@@ -37,15 +38,31 @@ const About = (() => {
     );
   }
 
+  /** The card's intended and out-of-scope uses (Markdown), above the product's own rule, which always holds. */
+  async function loadUses($) {
+    const model = await EGR.model().catch(() => null);
+    const card = model && model.card && typeof model.card === "object" ? model.card : {};
+    const parts = [
+      ["Intended use", card.intended_use],
+      ["Out of scope", card.out_of_scope_use],
+    ].filter(([, text]) => typeof text === "string" && text.trim());
+    if (!parts.length) return;
+    $("uses").innerHTML = parts
+      .map(([heading, text]) => `<strong>${heading}.</strong>${Markdown.render(text)}`)
+      .join("");
+    $("uses").hidden = false;
+  }
+
   async function loadLabels($) {
     try {
+      const info = await EGR.modelInfo();
       const data = await EGR.request("/api/v1/labels");
       const body = $("labels-table").querySelector("tbody");
       for (const row of data.labels) {
         const tr = document.createElement("tr");
         const name = document.createElement("th");
         name.scope = "row";
-        name.textContent = row.label;
+        name.textContent = info.displayName(row.label);
         if (row.low_data) {
           const badge = document.createElement("span");
           badge.className = "badge";
@@ -75,7 +92,9 @@ const About = (() => {
       $("card").innerHTML = Markdown.render(card.body);
       $("card-status").textContent = "";
       $("card-status").hidden = true;
-      describeSources($("card"), $("sources-text"));
+      const model = await EGR.model().catch(() => null);
+      const sources = model && model.card ? model.card.data_sources : undefined;
+      describeSources($("card"), $("sources-text"), typeof sources === "string" ? Boolean(sources.trim()) : undefined);
     } catch (error) {
       $("card-status").textContent = `Could not load the model card: ${error.message}`;
       $("sources-text").textContent = "The model card, which lists the training data, could not be loaded.";
@@ -84,6 +103,7 @@ const About = (() => {
 
   document.addEventListener("DOMContentLoaded", () => {
     const $ = (id) => document.getElementById(id);
+    loadUses($);
     loadLabels($);
     loadCard($);
   });

@@ -55,7 +55,7 @@ def mislabel(context: CleanContext) -> None:
             )
 
 
-@register("other_like", needs_embeddings=True, summary="the held-out model says 'none of the 12'")
+@register("other_like", needs_embeddings=True, summary="the held-out model says 'none of these'")
 def other_like(context: CleanContext) -> None:
     model = _model(context)
     other = model.other

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from ethnic_group_recognizer.explain import DEFAULT_GRID, Explanation, png_data_url
-from ethnic_group_recognizer.images import ImageError, load_image
+from ethnic_group_recognizer.images import ImageError
 from ethnic_group_recognizer.model import LOW_DATA_IMAGES, Prediction, Recognizer
 from ethnic_group_recognizer.serve.core import (
     ModelTexts,
@@ -160,10 +160,16 @@ def gradio_label(prediction: Prediction, abstain_text: str | None = None) -> dic
 
 
 def intro_markdown(texts: ModelTexts) -> str:
-    """The UI's heading: the model's own title, what it does and its labels."""
+    """The UI's heading: the model's own title, what it does and its labels (their display names)."""
+    names = ", ".join(texts.card.display_name(label) for label in texts.labels)
+    otherwise = (
+        f'otherwise "{texts.abstain_text}".'
+        if texts.can_abstain
+        else '**it cannot answer "none of these"** (trained without photos of other things).'
+    )
     return (
         f"# {texts.title}\n{texts.summary}\n\n"
-        f'Labels: {", ".join(texts.labels)}; otherwise "{texts.abstain_text}".\n\n'
+        f"Labels: {names}; {otherwise}\n\n"
         "It judges what the picture shows, not people: there is no face detection, and it cannot "
         "tell anyone's ethnicity. Photos are classified in memory and not kept."
     )
@@ -205,7 +211,7 @@ def build_demo(
         return (await offload(recognizer.predict_images, [image]))[0]
 
     async def decode_standalone(data: bytes) -> Image.Image:
-        return await offload(load_image, data, recognizer.config)
+        return await offload(recognizer.decode, data)  # draft mode, as the API decodes
 
     async def explain_standalone(image: Image.Image, label: str) -> Explanation:
         return await offload(explain_image, recognizer, image, grid, label)

@@ -5,6 +5,8 @@
 // give Python's float64 results bit for bit (numpy's pairwise sum included), so a photo's set is
 // Python's set; tests/test_site_in_browser.py checks it under Node and in Chromium.
 
+import { modelViews, roundHalfEven } from "./views.js";
+
 /** calibrate.ABSTAIN_RULES; a model that names none uses the rule of models before prediction sets. */
 export const ABSTAIN_RULES = ["top-label", "in-scope-share"];
 export const LEGACY_ABSTAIN_RULE = "top-label";
@@ -78,6 +80,10 @@ export function modelFacts(labels, metadata, site) {
     abstainRule,
     conformal: conformalFacts(metadata.conformal, labels.length, abstainRule),
     tta: Boolean(metadata.tta),
+    views: modelViews(metadata),
+    // Format 2 graphs take pixels [photos, V, 3, S, S] and average the views' features inside;
+    // format 1 graphs take [rows, 3, S, S], one row a view, and the rows are averaged here.
+    viewsInGraph: (metadata.format_version ?? 1) >= 2,
     imageSize: Number(metadata.preprocessing.image_size),
     trainingCounts: Object.fromEntries(labels.map((label) => [label, Number(counts[label] || 0)])),
     lowDataBelow: site.low_data_below,
@@ -85,7 +91,7 @@ export function modelFacts(labels, metadata, site) {
   };
 }
 
-/** Average the original and mirrored views' probability rows (float32, as numpy does). */
+/** Average a format-1 model's per-view probability rows (float32, as numpy's mean does). */
 export function averageViews(rows) {
   if (rows.length === 1) return Float32Array.from(rows[0]);
   const out = new Float32Array(rows[0].length);
@@ -196,15 +202,6 @@ export function decide(probabilities, facts) {
     abstain_probability: probabilities[k],
     model: { name: facts.metadata.name, version: facts.metadata.version },
   };
-}
-
-/** Python's round(): half to even. */
-export function roundHalfEven(value) {
-  const floor = Math.floor(value);
-  const diff = value - floor;
-  if (diff > 0.5) return floor + 1;
-  if (diff < 0.5) return floor;
-  return floor % 2 === 0 ? floor : floor + 1;
 }
 
 /** The occluded windows of explain._occlude: [y0, y1, x0, x1] for each grid cell, row by row. */

@@ -4,14 +4,15 @@
 // Messages out: {type: "progress" | "ready" | "result" | "explain-progress" | "explanation" | "error"}.
 import * as ort from "../ort/ort.wasm.min.mjs";
 import { averageViews, argmax, decide, modelFacts, occlusionBoxes } from "./decide.js";
-import { gaussianBlur, mirror, resizeBilinear, rgbaToRgbOnWhite, toTensor } from "./pillow.js";
+import { gaussianBlur, rgbaToRgbOnWhite, toTensor } from "./pillow.js";
+import { renderViews } from "./views.js";
 
 const ROOT = new URL("../", import.meta.url);
 const CACHE_NAME = "egr-in-browser";
 let session = null;
 let facts = null;
 let site = null;
-let current = null; // the last photo, resized: {id, rgb}
+let current = null; // the last photo's full view, resized: {id, rgb}
 let queue = Promise.resolve();
 
 const post = (message, transfer) => self.postMessage(message, transfer || []);
@@ -95,31 +96,38 @@ async function init() {
     sessionMs: performance.now() - started,
     threshold: facts.threshold,
     tta: facts.tta,
+    views: facts.views.length,
   });
 }
 
-/** Run the model on ``count`` preprocessed views; returns one probability row per view. */
-async function run(pixels, count) {
+/**
+ * Run the model on ``count`` inputs of ``views`` views each (Recognizer.run); one probability row
+ * per input. A format-2 graph takes [count, views, 3, S, S] and averages the views inside; a
+ * format-1 graph takes one view a row, [count * views, 3, S, S], and its rows are averaged here.
+ */
+async function run(pixels, count, views = 1) {
   const size = facts.imageSize;
-  const input = new ort.Tensor("float32", pixels, [count, 3, size, size]);
-  const output = await session.run({ pixels: input }, ["probabilities"]);
+  const rowsIn = facts.viewsInGraph ? count : count * views;
+  const dims = facts.viewsInGraph ? [count, views, 3, size, size] : [rowsIn, 3, size, size];
+  const output = await session.run({ pixels: new ort.Tensor("float32", pixels, dims) }, ["probabilities"]);
   const flat = output.probabilities.data;
-  const width = flat.length / count;
+  const width = flat.length / rowsIn;
   const rows = [];
-  for (let i = 0; i < count; i++) rows.push(flat.slice(i * width, (i + 1) * width));
-  return rows;
+  for (let i = 0; i < rowsIn; i++) rows.push(flat.slice(i * width, (i + 1) * width));
+  if (facts.viewsInGraph || views === 1) return rows;
+  const averaged = [];
+  for (let i = 0; i < count; i++) averaged.push(averageViews(rows.slice(i * views, (i + 1) * views)));
+  return averaged;
 }
 
 async function classify({ id, width, height, rgba }) {
   const started = performance.now();
   const size = facts.imageSize;
-  const rgb = resizeBilinear(rgbaToRgbOnWhite(new Uint8Array(rgba)), width, height, size, size);
-  current = { id, rgb };
-  const views = facts.tta ? [rgb, mirror(rgb, size, size)] : [rgb];
-  const pixels = new Float32Array(views.length * 3 * size * size);
-  views.forEach((view, index) => toTensor(view, size, pixels, index * 3 * size * size));
-  const rows = await run(pixels, views.length);
-  const probabilities = averageViews(rows);
+  const rgb = rgbaToRgbOnWhite(new Uint8Array(rgba));
+  const { pixels, full } = renderViews(rgb, width, height, facts.views, size);
+  current = { id, rgb: full };
+  // All views of the photo in one session.run, as Python sends them.
+  const probabilities = Float32Array.from((await run(pixels, 1, facts.views.length))[0]);
   post({
     type: "result",
     id,

@@ -1,5 +1,5 @@
 // Pillow's bilinear resize and Gaussian blur for 8-bit RGB, bit for bit, so the page feeds the
-// model exactly the pixels Python's backbone.preprocess and explain.py do. Canvas smoothing is
+// model exactly the pixels Python's views.render_views and explain.py do (local/views.js). Canvas smoothing is
 // not used: its filter and rounding differ between browsers and from Pillow.
 //
 // Transcribed from Pillow's src/libImaging/Resample.c (precompute_coeffs, normalize_coeffs_8bpc,
@@ -217,6 +217,20 @@ export function gaussianBlur(rgb, width, height, radius, passes = 3) {
   if (boxRadius !== 0) {
     boxBlurDirection(out, height, width, width * 3, 3, boxRadius, passes); // rows
     boxBlurDirection(out, width, height, 3, width * 3, boxRadius, passes); // columns
+  }
+  return out;
+}
+
+/** ``Image.crop((left, top, right, bottom))`` of packed RGB, for a box inside the image. */
+export function crop(rgb, width, height, left, top, right, bottom) {
+  if (!(0 <= left && left < right && right <= width && 0 <= top && top < bottom && bottom <= height)) {
+    throw new Error(`crop: box ${[left, top, right, bottom]} is not inside ${width}x${height}`);
+  }
+  const rowBytes = (right - left) * 3;
+  const out = new Uint8Array(rowBytes * (bottom - top));
+  for (let y = top; y < bottom; y++) {
+    const from = (y * width + left) * 3;
+    out.set(rgb.subarray(from, from + rowBytes), (y - top) * rowBytes);
   }
   return out;
 }

@@ -1,0 +1,84 @@
+"""The one prediction engine's pipeline: decode ahead in a thread, infer in the caller, in order.
+
+On 2 cores the model and the decoder each want the CPU (docs/THROUGHPUT.md): decoding the next
+photos in one background thread while the caller runs the model (onnxruntime, Pillow and numpy
+release the GIL) keeps both busy, and a window of a few photos bounds memory whatever the folder
+holds. Used by ``Recognizer.predict_paths`` (CLI ``egr predict``, Ray actors) and
+``Embedder.embed_files`` (training and cleaning embeddings). A leaf module: standard library only.
+
+Written here rather than taken from a library: it is a bounded ``ThreadPoolExecutor`` window
+(twenty lines); the ones that exist (torch's DataLoader, Ray Data) bring a framework with them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+#: Photos decoded ahead of the model. 3 to 4 was the best measured; more adds memory, not speed.
+WINDOW = 4
+#: Decode threads. One overlaps the model; a second competes with it for the 2 cores.
+DECODE_THREADS = 1
+
+
+def prefetch(
+    items: Iterable[Item],
+    work: Callable[[Item], Result],
+    expected: tuple[type[BaseException], ...] = (),
+    window: int = WINDOW,
+    threads: int = DECODE_THREADS,
+) -> Iterator[tuple[Item, Result | BaseException]]:
+    """Yield ``(item, work(item))`` in input order, computing up to ``window`` items ahead.
+
+    An ``expected`` exception (an unreadable image) is yielded in place of the result, so one bad
+    file never stops a batch; anything else is raised in the caller. Stopping early (closing the
+    generator) cancels what has not started.
+    """
+    if window < 1 or threads < 1:
+        raise ValueError("window and threads must be at least 1")
+
+    def guarded(item: Item) -> Result | BaseException:
+        try:
+            return work(item)
+        except expected as error:
+            return error
+
+    pending: deque[tuple[Item, Future]] = deque()
+    source = iter(items)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="egr-decode") as pool:
+        try:
+            for item in source:
+                pending.append((item, pool.submit(guarded, item)))
+                if len(pending) >= window:
+                    done_item, future = pending.popleft()
+                    yield done_item, future.result()
+            while pending:
+                done_item, future = pending.popleft()
+                yield done_item, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+def grouped(
+    results: Iterable[tuple[Item, Result | BaseException]], size: int
+) -> Iterator[list[tuple[Item, Result | BaseException]]]:
+    """Consecutive results in lists holding at most ``size`` successes (errors ride along)."""
+    if size < 1:
+        raise ValueError("size must be at least 1")
+    group: list[tuple[Item, Result | BaseException]] = []
+    successes = 0
+    for pair in results:
+        group.append(pair)
+        if not isinstance(pair[1], BaseException):
+            successes += 1
+            if successes == size:
+                yield group
+                group, successes = [], 0
+    if group:
+        yield group
