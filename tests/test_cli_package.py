@@ -299,3 +299,17 @@ def test_review_without_a_queue_exits_2_and_urls_for_any_address(tmp_path):
     assert browser_url("::", 8765) == "http://[::1]:8765/"
     assert browser_url("::1", 80) == "http://[::1]:80/"
     assert browser_url("127.0.0.1", 9) == "http://127.0.0.1:9/"
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line_before_loading_anything():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        done = egr("serve", "--host", "127.0.0.1", "--port", str(port))
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], done.stderr
+    assert "serving" not in done.stderr and "Traceback" not in done.stderr

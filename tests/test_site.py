@@ -132,3 +132,21 @@ def test_api_site_leaves_out_the_review_tool(tmp_path: Path) -> None:
     assert not [
         p for p in (tmp_path / "site").rglob("*") if "review" in p.relative_to(tmp_path / "site").parts
     ]
+
+
+def test_site_build_refuses_a_folder_that_is_not_a_site(tmp_path):
+    """Everything in --out is published: a dataset given by mistake must not be."""
+    from ethnic_group_recognizer.site import SITE_MARKER, build_site
+
+    dataset = tmp_path / "photos"
+    (dataset / "kilt").mkdir(parents=True)
+    (dataset / "kilt" / "1.jpg").write_bytes(b"a private photo")
+    with pytest.raises(ValueError, match="not empty and not a site egr built"):
+        build_site("https://api.example.org", dataset)
+    assert sorted(p.name for p in dataset.iterdir()) == ["kilt"]
+    site = tmp_path / "site"
+    build_site("https://api.example.org", site)
+    assert (site / SITE_MARKER).is_file()
+    build_site("https://api.example.org", site)  # a re-build of its own site is fine
+    assert build_site("https://api.example.org", dataset, force=True)
+    assert (dataset / "kilt" / "1.jpg").read_bytes() == b"a private photo"

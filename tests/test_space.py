@@ -70,7 +70,7 @@ def shipped_model() -> Path:
 
 
 def copy_model(source: Path, target: Path, **metadata_changes: object) -> Path:
-    """A copy of a model folder with some metadata.json keys changed (labels: labels.json too)."""
+    """A copy of a model folder with some metadata.json keys changed (labels: labels.json too; None drops a key)."""
     shutil.copytree(source, target)
     metadata = json.loads((target / "metadata.json").read_text())
     labels = metadata_changes.pop("labels", None)
@@ -79,7 +79,9 @@ def copy_model(source: Path, target: Path, **metadata_changes: object) -> Path:
         rename = dict(zip(old, labels, strict=True))
         (target / "labels.json").write_text(json.dumps(labels))
         metadata["training_counts"] = {rename[k]: v for k, v in metadata["training_counts"].items()}
-    metadata.update(metadata_changes)
+    metadata.update({key: value for key, value in metadata_changes.items() if value is not None})
+    for key in [key for key, value in metadata_changes.items() if value is None]:
+        metadata.pop(key, None)
     (target / "metadata.json").write_text(json.dumps(metadata))
     return target
 
@@ -155,11 +157,14 @@ def test_title_and_labels_from_a_users_model_cannot_break_the_front_matter(
 ) -> None:
     hostile_name = 'kilts: "and"\n---\nsdk: docker\u2028x'
     labels = [f"class {i}" for i in range(11)] + ["kilt | <img src=x onerror=y> [y](mailto:e)"]
-    model = copy_model(shipped_model, tmp_path / "mine", name=hostile_name, labels=labels, threshold=0.0)
+    # a user's model without a card: its title comes from its (hostile) name
+    model = copy_model(
+        shipped_model, tmp_path / "mine", name=hostile_name, labels=labels, threshold=0.0, card=None
+    )
     out = build_space(tmp_path / "space", model, source=REPO)
     meta = front_matter(out / "README.md")
     assert set(meta) == FRONT_MATTER_KEYS and meta["sdk"] == "gradio"
-    assert meta["title"] == 'kilts: "and" --- sdk: docker x'
+    assert meta["title"] == 'Recognizer: kilts: "and" sdk: docker x'  # the card's neutral title
     assert meta["short_description"] == "Tells which of 12 classes a photo shows"  # cannot abstain
     body = (out / "README.md").read_text()
     assert re.search(r"(?<!\\)<", body) is None, "unescaped HTML in README.md"

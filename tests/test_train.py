@@ -89,6 +89,36 @@ def test_probe_head_separates_classes_and_never_chooses_an_absent_one():
     assert not unit(np.zeros((1, 4))).any()  # a zero vector stays zero, no NaN
 
 
+def test_probe_head_of_two_classes_has_a_row_per_class():
+    """Two labels and no ``other``: scikit-learn's binary model keeps one row; the head needs two."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    targets = np.repeat(np.arange(2), 25)
+    features = rng.normal(size=(2, 8))[targets] * 2 + rng.normal(size=(50, 8))
+    weights, bias = fit_probe_head(features, targets, 3, regularization=1.0, prototype_weight=0.0, seed=0)
+    assert weights.shape == (3, 8) and bias[2] == NO_ABSTAIN_BIAS
+    logits = head_logits(features, weights, bias)[:, :2]
+    # the same probabilities as scikit-learn's binary model on the standardised unit features
+    x = unit(features)
+    reference = LogisticRegression(C=1.0, max_iter=3000).fit((x - x.mean(0)) / (x.std(0) + 1e-6), targets)
+    expected = reference.predict_proba((x - x.mean(0)) / (x.std(0) + 1e-6))
+    np.testing.assert_allclose(softmax(logits), expected, atol=1e-6)
+
+
+def test_two_labels_without_other_train_and_never_abstain(tmp_path):
+    root = tmp_path / "ds"
+    for label, kind in (("checks", "checker"), ("dots", "circles")):
+        (root / label).mkdir(parents=True)
+        for i in range(8):
+            pattern_image(kind, seed=i).save(root / label / f"{i}.jpg")
+    result = train(root, tmp_path / "model", TrainOptions(name="two", views="full"), Config())
+    assert result.model_metadata.calibration.threshold == 0.0
+    recognizer = Recognizer.load(tmp_path / "model")
+    prediction = recognizer.predict(root / "dots" / "0.jpg")
+    assert prediction.label == "dots" and not prediction.abstained
+
+
 @pytest.mark.slow
 def test_finetune_runs_and_exports_a_self_contained_model(tmp_path, capfd):
     dataset = make_dataset(tmp_path / "ds", per_class=6)
@@ -102,3 +132,14 @@ def test_finetune_runs_and_exports_a_self_contained_model(tmp_path, capfd):
     prediction = recognizer.predict(pattern_image("checker", 1))
     assert set(prediction.scores) == {"Bai people", "Hani people", "Kazakhs"}
     assert recognizer.metadata["options"]["mode"] == "finetune"
+
+
+@pytest.mark.parametrize("inside", [".", "model", "checks/model"])
+def test_the_model_directory_cannot_be_inside_the_dataset(tmp_path, inside):
+    root = tmp_path / "ds"
+    for label, kind in (("checks", "checker"), ("dots", "circles")):
+        (root / label).mkdir(parents=True)
+        pattern_image(kind, seed=1).save(root / label / "1.jpg")
+    with pytest.raises(ValueError, match="must be outside the dataset"):
+        train(root, root / inside, TrainOptions(views="full"), Config())
+    assert not (root / "model").exists() and not (root / "model.onnx").exists()

@@ -405,7 +405,7 @@ img{{max-width:160px}}</style></head><body>
 <h1>Evaluation of {html.escape(recognizer.name)} ({html.escape(metrics["split"])} split)</h1>
 <p>{metrics["in_domain_images"]} photos of the model's labels, {metrics["other_images"]} photos of <code>other</code> (none of them).</p>
 <ul><li>Accuracy (top-1, never abstaining): {_pct(metrics["accuracy"])} (95% CI {low:.1%}–{high:.1%})</li>
-<li>With abstention (threshold {metrics["threshold"]:.2f}): {_pct(metrics["accuracy_with_abstention"])} correct, coverage {_pct(metrics["coverage"])},
+<li>With abstention (threshold {metrics["threshold"]:.3g}): {_pct(metrics["accuracy_with_abstention"])} correct, coverage {_pct(metrics["coverage"])},
 accuracy of answered photos {_pct(metrics["selective_accuracy"])}</li>
 <li>Photos of <code>other</code> abstained on: {_pct(metrics["other_abstained"])}</li>
 <li>Expected calibration error: {metrics["ece"]:.3f}</li></ul>
@@ -547,6 +547,23 @@ def _threshold_rule(meta: ModelMetadata, card: ModelCard) -> str:
     return f" on {score} ({chosen})"
 
 
+def _views_text(views) -> str:
+    """The views in words, e.g. 7 (the whole photo, its mirror, 5 crops of 60 % of each side)."""
+    parts = []
+    full = [v for v in views if v.box == (0.0, 0.0, 1.0, 1.0)]
+    crops = [v for v in views if v.box != (0.0, 0.0, 1.0, 1.0)]
+    if any(not v.mirror for v in full):
+        parts.append("the whole photo")
+    if any(v.mirror for v in full):
+        parts.append("its mirror")
+    if crops:
+        sides = sorted({round((v.box[2] - v.box[0]) * 100) for v in crops})
+        parts.append(
+            f"{len(crops)} crop{'s' if len(crops) > 1 else ''} of {'/'.join(map(str, sides))} % of each side"
+        )
+    return f"{len(views)} ({', '.join(parts)})"
+
+
 def model_card(recognizer: Recognizer, metrics: dict) -> str:
     """The model card, generated from the evaluation so its figures can never drift from the report.
 
@@ -590,8 +607,8 @@ def model_card(recognizer: Recognizer, metrics: dict) -> str:
   scaled `{backbone.scale}`, {backbone.pooling}-pooled features;
   head: {meta.head} (logistic regression on frozen embeddings
   blended with class prototypes in probe mode; fine-tuned from that probe in finetune mode).
-- Test-time augmentation (mirror): {"on" if meta.tta else "off"}. Temperature {meta.calibration.temperature:.2f},
-  abstain threshold {recognizer.threshold:.2f}{_threshold_rule(meta, card)}, calibrated on {meta.calibration.calibrated_on}.
+- Views of each photo, features averaged before the head: {_views_text(meta.views)}. Temperature {meta.calibration.temperature:.2f},
+  abstain threshold {recognizer.threshold:.3g}{_threshold_rule(meta, card)}, calibrated on {meta.calibration.calibrated_on}.
 
 ## Results on the held-out split ({metrics["images"]} photos, duplicates kept on one side)
 | metric | value |

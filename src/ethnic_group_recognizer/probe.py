@@ -55,11 +55,19 @@ def fit_probe_head(
     # load a fit took 10x the wall time and 17x the CPU of a single-threaded one (same result).
     with threadpool_limits(limits=1, user_api="blas"):
         classifier.fit((unit_features - mean) / std, targets)
+    coef, intercept = classifier.coef_, classifier.intercept_
+    if len(classifier.classes_) == 2:
+        # Two classes (two labels, no ``other``): scikit-learn keeps one row, the log-odds of the
+        # second class. The same softmax, one row a class: -half and +half of it.
+        coef, intercept = (
+            np.vstack([-coef[0] / 2, coef[0] / 2]),
+            np.array([-intercept[0] / 2, intercept[0] / 2]),
+        )
     weights = np.zeros((n_outputs, unit_features.shape[1]))
     bias = np.full(n_outputs, NO_ABSTAIN_BIAS)
     for row, cls in enumerate(classifier.classes_):
-        weights[cls] = classifier.coef_[row] / std
-        bias[cls] = classifier.intercept_[row] - classifier.coef_[row] @ (mean / std)
+        weights[cls] = coef[row] / std
+        bias[cls] = intercept[row] - coef[row] @ (mean / std)
     if prototype_weight > 0:
         prototypes = class_prototypes(unit_features, targets, n_outputs)
         present = np.isin(np.arange(n_outputs), np.unique(targets))

@@ -74,12 +74,27 @@ def config_js(api_url: str) -> str:
     )
 
 
-def _check_out(out: Path, web_dir: Path) -> Path:
+#: Written into every site folder, so that a re-build may overwrite it and nothing else is.
+SITE_MARKER = ".egr-site"
+
+
+def _check_out(out: Path, web_dir: Path, force: bool = False) -> Path:
+    """The output folder: new, empty, or a site built before; anything else only with ``force``.
+
+    Everything in the folder is published, so a dataset or model folder given by mistake would
+    publish its photos: it is refused.
+    """
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out is a file, not a folder: {out}")
     if not (web_dir / "index.html").is_file():
         raise FileNotFoundError(f"web app not found at {web_dir} (broken installation?)")
+    if out.is_dir() and not force and not (out / SITE_MARKER).is_file() and any(out.iterdir()):
+        raise ValueError(
+            f"--out {out} is not empty and not a site egr built; everything in it would be published "
+            "(pass --force to write into it anyway)"
+        )
     out.mkdir(parents=True, exist_ok=True)
+    (out / SITE_MARKER).write_text("built by egr site build; a re-build may overwrite this folder\n")
     return out.resolve()
 
 
@@ -122,13 +137,13 @@ def _web_files(web_dir: Path) -> list[tuple[str, Path]]:
     return files
 
 
-def build_site(api_url: str, out: str | Path, web_dir: Path = WEB_DIR) -> list[Path]:
+def build_site(api_url: str, out: str | Path, web_dir: Path = WEB_DIR, force: bool = False) -> list[Path]:
     """Copy the web app to ``out`` with ``config.js`` pointing at ``api_url``; returns the files written.
 
     Existing files of the same names are replaced; other files in ``out`` are left alone.
     """
     api = normalise_api_url(api_url)
-    root = _check_out(Path(out), web_dir)
+    root = _check_out(Path(out), web_dir, force)
     written: list[Path] = []
     for relative, source in _web_files(web_dir):
         if relative == CONFIG_FILE:
@@ -304,10 +319,12 @@ def _choose_weights(recognizer, weights: str, work: Path) -> tuple[Path, str, di
 
 def api_documents(recognizer) -> dict[str, str]:
     """Static copies of the API's model routes, for the pages that read them (About)."""
-    from ethnic_group_recognizer.serve.core import labels_payload, model_card_text
+    from ethnic_group_recognizer.serve.core import can_abstain, card_payload, labels_payload, model_card_text
 
     model = {
         **recognizer.metadata,
+        "card": card_payload(recognizer),  # as the server's /api/v1/model gives it, card or not
+        "can_abstain": can_abstain(recognizer),
         "labels": recognizer.labels,
         "low_data_labels": recognizer.low_data_labels(),
         "threshold": recognizer.threshold,
@@ -327,6 +344,7 @@ def build_in_browser_site(
     weights: str = "auto",
     web_dir: Path = WEB_DIR,
     cache_dir: Path | None = None,
+    force: bool = False,
 ) -> InBrowserSite:
     """Write the serverless site: web app, in-browser page, model, labels, metadata, card, runtime.
 
@@ -359,7 +377,7 @@ def build_in_browser_site(
     for source in (web_dir, recognizer.directory):
         if Path(out).resolve().is_relative_to(source.resolve()):
             raise ValueError(f"--out must not be inside {source}: the build reads from there")
-    root = _check_out(Path(out), web_dir)
+    root = _check_out(Path(out), web_dir, force)
     config = Config()
     written: list[Path] = []
     for relative, source in _web_files(web_dir):

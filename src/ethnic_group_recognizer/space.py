@@ -219,11 +219,12 @@ def readme_text(model: ModelDir, front_matter: SpaceFrontMatter, requirement: st
     from ethnic_group_recognizer.model import LOW_DATA_IMAGES
 
     metadata = model.metadata
+    card = metadata.card_or_default
     rows = []
     for label in model.labels:
         count = metadata.training_counts.get(label, 0)
         flag = " (low data: treat with extra caution)" if count < LOW_DATA_IMAGES else ""
-        rows.append(f"| {markdown_text(label)} | {count}{flag} |")
+        rows.append(f"| {markdown_text(card.display_name(label))} | {count}{flag} |")
     abstains = metadata.calibration.threshold > 0
     card_note = (
         f"The model card is [`{MODEL_SUBDIR}/MODEL_CARD.md`]({MODEL_SUBDIR}/MODEL_CARD.md): read its "
@@ -235,8 +236,14 @@ def readme_text(model: ModelDir, front_matter: SpaceFrontMatter, requirement: st
         front_matter.render(),
         f"# {markdown_text(front_matter.title)}",
         "",
+        markdown_text(card.description),
+        "",
         f"Upload a photo: the model names which of its {len(model.labels)} classes it shows"
-        + (', or says "none of these" when it shows none of them.' if abstains else "."),
+        + (
+            f" (or answers “{markdown_text(card.none_of_these)}”)."
+            if abstains
+            else "; it cannot say none of them."
+        ),
         "Photos are classified in memory and not kept.",
         "",
         f"Model `{markdown_text(metadata.name)}`, version {markdown_text(metadata.version)}. "

@@ -27,7 +27,7 @@ from ethnic_group_recognizer.calibrate import (  # noqa: F401
 )
 from ethnic_group_recognizer.config import ABSTAIN_LABEL, Config, check_choice, check_integer, check_number
 from ethnic_group_recognizer.conformal import ConformalCalibration, calibrate_sets, smallest_finite_count
-from ethnic_group_recognizer.dataset import Dataset, Record, duplicate_groups, group_folds, split
+from ethnic_group_recognizer.dataset import Dataset, Record, duplicate_groups, group_folds, is_inside, split
 from ethnic_group_recognizer.images import load_image
 from ethnic_group_recognizer.model import attach_head
 from ethnic_group_recognizer.model_dir import (
@@ -304,6 +304,11 @@ def train(
     config = config or Config()
     started = time.perf_counter()
     dataset = Dataset.open(dataset_dir, config)
+    if is_inside(dataset.root, out_dir):
+        raise ValueError(
+            f"{out_dir}: the model directory must be outside the dataset {dataset_dir} "
+            "(its files would be read as photos, or mixed with a class)"
+        )
     records = dataset.usable()
     labels = _labels_of(records)
     if len(labels) < 2:

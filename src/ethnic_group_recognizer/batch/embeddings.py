@@ -1,7 +1,8 @@
 """Embeddings files (``egr embed``) read back, and loaded into this machine's embedding cache.
 
 At archive scale the embeddings (the slow part of ``egr train`` and ``egr clean``) are computed
-once on a cluster; seeding the cache from that file means training and cleaning read no pixels
+once on a cluster; seeding the cache from that file means cleaning and a ``--views mirror|full``
+training (not the default crops, whose views are embedded locally) read no pixels
 for those images. The file is untrusted input: its backbone, input size and vector length are
 checked against this machine's backbone before a single vector goes in.
 """

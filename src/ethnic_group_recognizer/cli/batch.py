@@ -2,7 +2,8 @@
 
 Why: at archive scale the embeddings (the slow part of ``egr train`` and ``egr clean``) are
 computed once on a cluster; ``egr embed-import`` then seeds this machine's embedding cache from
-that file, so training and cleaning read no pixels for those images. The work itself lives in
+that file, so cleaning and a ``--views mirror|full`` training read no pixels for those images
+(the default ``crops`` views are embedded locally). The work itself lives in
 :mod:`ethnic_group_recognizer.batch`; this module parses, calls, reports and picks the exit code.
 """
 
@@ -110,7 +111,8 @@ def embed_import(
         str | None, typer.Option(help="Backbone to file them under (default: as stored in the file).")
     ] = None,
 ) -> None:
-    """Seed this machine's embedding cache, so that train and clean read no pixels for these images."""
+    """Seed this machine's embedding cache (the photo and its mirror), so that clean and a
+    --views mirror|full training read no pixels for these images (--views crops embeds its crops here)."""
     from ethnic_group_recognizer.batch.embeddings import seed_embedding_cache
 
     for path in files:

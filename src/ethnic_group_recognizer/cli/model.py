@@ -119,7 +119,7 @@ def train(
     meta = result.model_metadata
     stderr.print(
         f"trained {meta.provenance.train_images} images in {meta.provenance.training_seconds} s; "
-        f"threshold {meta.calibration.threshold:.2f}, temperature {meta.calibration.temperature:.2f} "
+        f"threshold {meta.calibration.threshold:.3g}, temperature {meta.calibration.temperature:.2f} "
         f"-> {escape(str(result.out_dir))}",
         soft_wrap=True,
     )
@@ -171,7 +171,9 @@ def predict(
     model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped model).")] = None,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per image on stdout.")] = False,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Write results to this CSV file.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Photos per model call (1, the default, is the fastest measured on 2 cores).")] = 1,
+    batch_size: Annotated[
+        int, typer.Option(help="Photos per model call (1, the default, is the fastest measured on 2 cores).")
+    ] = 1,
     engine: Annotated[str, typer.Option(help="local (batched, this process) or ray (Ray Data).")] = "local",
     address: Annotated[str | None, typer.Option(help="ray: address of an existing cluster.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="ray: results folder (Parquet).")] = None,

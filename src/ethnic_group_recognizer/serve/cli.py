@@ -124,6 +124,7 @@ def serve(
         )
     except ValidationError as error:
         _fail("; ".join(settings_error_lines(error)))
+    _check_port_free(settings.host, settings.port)
     try:
         app = create_app(settings)
     except (FileNotFoundError, ValueError) as error:
@@ -134,6 +135,25 @@ def serve(
     )
     # Access log lines carry method, path and status only; request bodies are never logged.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=access_log)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """One clear line now, rather than uvicorn's error after the model has loaded."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        _fail(f"cannot listen on {host}:{port}: {error.strerror or error}")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as error:
+            _fail(
+                f"cannot listen on {host}:{port}: {error.strerror or error} (is another server on it? pick --port)"
+            )
 
 
 def _given_on_command_line(ctx: typer.Context) -> set[str]:
@@ -167,6 +187,12 @@ def site_build(
         str,
         typer.Option(help="--in-browser model weights: auto (fp16 if it keeps every label), fp16 or fp32."),
     ] = "auto",
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Write into a non-empty folder that is not a site egr built (it is all published)."
+        ),
+    ] = False,
 ) -> None:
     """Write the web app as a static site: calling the API at --api-url, or running the model in the browser."""
     if in_browser == (api_url is not None):
@@ -174,23 +200,23 @@ def site_build(
     if not in_browser and model is not None:
         _fail("--model is for --in-browser; an --api-url site uses the model of the server it calls")
     if in_browser:
-        _site_build_in_browser(out, model, weights)
+        _site_build_in_browser(out, model, weights, force)
         return
     from ethnic_group_recognizer.site import build_site
 
     try:
-        files = build_site(api_url, out)
+        files = build_site(api_url, out, force=force)
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     stderr.print(f"wrote {len(files)} files to {out}; publish that folder on any static host")
 
 
-def _site_build_in_browser(out: Path, model: Path | None, weights: str) -> None:
+def _site_build_in_browser(out: Path, model: Path | None, weights: str, force: bool) -> None:
     from ethnic_group_recognizer.site import build_in_browser_site
     from ethnic_group_recognizer.vendor_ort import RuntimeFetchError
 
     try:
-        site = build_in_browser_site(out, model, weights)
+        site = build_in_browser_site(out, model, weights, force=force)
     except (FileNotFoundError, ValueError, RuntimeFetchError) as error:
         _fail(str(error))
     facts = site.manifest

@@ -298,7 +298,7 @@ def model_card_text(recognizer: Recognizer) -> str:
         f"| {card.display_name(label)} | {count}{' **low data**' if label in low else ''} |"
         for label, count in recognizer.training_counts.items()
     )
-    threshold = f"{recognizer.threshold:.2f}" + ("" if can_abstain(recognizer) else " (never abstains)")
+    threshold = f"{recognizer.threshold:.3g}" + ("" if can_abstain(recognizer) else " (never abstains)")
     return (
         f"# Model card: {recognizer.name} ({recognizer.version})\n\n"
         "This model has no full model card (run `egr evaluate --update-model`).\n\n"
