@@ -46,7 +46,7 @@ def _stream(recognizer: Recognizer, paths: list[Path], step: int, show_progress:
     low_data = set(recognizer.low_data_labels())
     results = recognizer.predict_sources(paths, batch_size=step)
     for path, result in progress(
-        results, f"Predicting {len(paths)} images", disable=not show_progress, total=len(paths)
+        results, f"Predicting {len(paths)} image{'' if len(paths) == 1 else 's'}", disable=not show_progress, total=len(paths)
     ):
         if isinstance(result, ImageError):
             yield {"path": str(path), "error": str(result)}

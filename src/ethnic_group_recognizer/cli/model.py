@@ -43,6 +43,7 @@ def train(
             "fine-tuning's default) or full (1 view)."
         ),
     ] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", hidden=True)] = None,
     epochs: Annotated[int, typer.Option(help="finetune: maximum epochs.")] = 8,
     image_size: Annotated[
         int | None, typer.Option(help="finetune: input side in pixels (default 224; the probe reads 320).")
@@ -92,6 +93,10 @@ def train(
     from ethnic_group_recognizer.train import TrainOptions
     from ethnic_group_recognizer.train import train as run_training
 
+    if tta is not None:  # the flag of releases before multi-crop views
+        fail_option(
+            ValueError("--tta/--no-tta was replaced by --views crops|mirror|full (--no-tta: --views full)")
+        )
     try:
         options = TrainOptions(
             mode=mode,  # type: ignore[arg-type] - TrainOptions checks it
