@@ -243,3 +243,24 @@ def test_a_format1_model_still_averages_photo_and_mirror(trained_model, tmp_path
     np.testing.assert_allclose(recognizer.probabilities([image])[0], softmax.mean(axis=0), rtol=1e-5)
     # its metadata is written back as format 1, without views
     assert "views" not in recognizer.model_dir.metadata.to_json()["preprocessing"]
+
+
+def test_a_large_batch_is_split_into_runs_of_at_most_16_views(trained_model):
+    """Memory stays flat at any --batch-size: 5 photos x 7 views go in runs of 2 photos."""
+    from ethnic_group_recognizer.model import Recognizer
+
+    recognizer = Recognizer.load(trained_model)
+    calls = []
+    session_run = recognizer.session.run
+
+    def counting(names, feeds):
+        calls.append(feeds["pixels"].shape[:2])
+        return session_run(names, feeds)
+
+    images = [pattern_image(kind, 40 + i) for i, kind in enumerate(["stripes", "checker", "circles"] * 2)][:5]
+    pixels = np.stack([recognizer.pixels(image) for image in images])
+    recognizer.session.run = counting  # type: ignore[method-assign]
+    together, _ = recognizer.run(pixels)
+    assert calls == [(2, 7), (2, 7), (1, 7)]
+    alone = np.concatenate([recognizer.run(pixels[i : i + 1])[0] for i in range(5)])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)

@@ -31,6 +31,8 @@ EMBEDDING_DIM = 1280
 #: Revision 2: keep the Lite models' ReLU6 (``set_swish`` would replace it with Swish).
 #: Revision 3: frozen features at a larger input size with GeM pooling (see ``BackboneSpec``).
 EXPORT_REVISION = 3
+#: Most views one ``session.run`` takes: activations are about 20 MB a view at 320 px.
+VIEWS_PER_RUN = 16
 #: Exponent of generalised-mean pooling: between average (1) and max pooling (infinity).
 GEM_POWER = 3.0
 
@@ -301,6 +303,11 @@ class Embedder:
         self.output = self.session.get_outputs()[0].name
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
+        """Embeddings of (n, 3, S, S) views, 16 views a ``session.run`` at most (memory stays flat)."""
+        if len(pixels) > VIEWS_PER_RUN:
+            return np.concatenate(
+                [self._run(pixels[i : i + VIEWS_PER_RUN]) for i in range(0, len(pixels), VIEWS_PER_RUN)]
+            )
         return self.session.run([self.output], {"pixels": pixels})[0]
 
     def embed_images(self, images: Sequence[Image.Image], mirror: bool = False) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from ethnic_group_recognizer.backbone import VIEWS_PER_RUN
 from ethnic_group_recognizer.calibrate import in_scope_scores
 from ethnic_group_recognizer.config import ABSTAIN_TEXT, DEFAULT_MODEL_DIR, Config
 from ethnic_group_recognizer.conformal import ConformalCalibration, prediction_sets
@@ -228,8 +229,14 @@ class Recognizer:
         """Raw outputs for (N, V, 3, S, S) views of N photos: probabilities (N, K+1), embeddings (N, d).
 
         Any V works (``explain`` runs single views); all of a photo's views go in one
-        ``session.run``. A format-1 graph (one view a row) averages its rows' outputs here.
+        ``session.run``, and at most :data:`VIEWS_PER_RUN` views do (activations take about
+        20 MB a view and the arena keeps its peak), so memory stays flat at any batch size.
+        A format-1 graph (one view a row) averages its rows' outputs here.
         """
+        step = max(1, VIEWS_PER_RUN // max(1, pixels.shape[1]))
+        if len(pixels) > step:
+            parts = [self.run(pixels[start : start + step]) for start in range(0, len(pixels), step)]
+            return np.concatenate([p for p, _ in parts]), np.concatenate([e for _, e in parts])
         if self.model_dir.metadata.views_in_graph:
             probabilities, embedding = self.session.run(["probabilities", "embedding"], {"pixels": pixels})
             return probabilities, embedding
@@ -275,6 +282,8 @@ class Recognizer:
         step = self.config.batch_size if batch_size is None else batch_size
         if step < 1:
             raise ValueError(f"batch_size must be at least 1, got {step}")
+        # a model call takes at most VIEWS_PER_RUN views, so holding more photos than that buys nothing
+        step = min(step, max(1, VIEWS_PER_RUN // len(self.views)))
         read = decode or self.decode
 
         def views_of(source: Item) -> np.ndarray:

@@ -168,21 +168,23 @@ def _embed_views(
 
     embedder = Embedder(config.backbone, config)
     paths = [dataset.abspath(r) for r in records]
-    hashes = [r.sha256 for r in records]
     views = view_set(options.views or "crops")
-    photo = _view_mean(embedder.embed_file_views(paths, hashes, views))
-    mirror = None
-    if not any(v.mirror for v in views):
-        flipped = tuple(View(v.box, True) for v in views)
-        mirror = _view_mean(
-            embedder.embed_file_views(
-                paths, hashes, flipped, side=decode_side(views, embedder.spec.image_size)
-            )
+    side = decode_side(views, embedder.spec.image_size)
+
+    def embedded(chosen: tuple[View, ...]) -> np.ndarray:
+        """(N, d) rows; only the training split is embedded (validation photos are never read here)."""
+        vectors = embedder.embed_file_views(
+            [paths[i] for i in train_idx], [records[i].sha256 for i in train_idx], chosen, side=side
         )
+        rows = np.zeros((len(records), vectors.shape[-1]), np.float32)
+        rows[train_idx] = _view_mean(vectors)
+        return rows
+
+    photo = embedded(views)
+    mirror = None if any(v.mirror for v in views) else embedded(tuple(View(v.box, True) for v in views))
     counts = Counter(targets[train_idx].tolist())
     rng = random.Random(config.seed)
     owners, images = [], []
-    side = decode_side(views, embedder.spec.image_size)
     for i in train_idx:
         if counts[targets[i]] < SMALL_CLASS_IMAGES:
             image = load_image(paths[i], config, target_side=side)
