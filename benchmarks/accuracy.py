@@ -1,8 +1,10 @@
 """Held-out accuracy of training recipes on ../shared/data, all on the same duplicate-aware split.
 
-    .venv/bin/python benchmarks/accuracy.py [--finetuned MODEL_DIR ...]
+    .venv/bin/python benchmarks/accuracy.py [--only SUBSTRING ...] [--finetuned MODEL_DIR ...]
 
-Trains each probe variant (seconds each once embeddings are cached), evaluates it on the same
+Each recipe is ``TrainOptions(views=...)`` plus a ``Config``: ``views`` is the set of views of a
+photo whose features the model averages inside its graph (views.py: ``full`` 1, ``mirror`` 2,
+``crops`` 7, the default). Trains each probe variant (seconds each once embeddings are cached), evaluates it on the same
 held-out split (seed 0, 20 %, near-duplicates kept on one side) and prints a Markdown table.
 Fine-tuned model directories (from ``egr train --mode finetune``) can be added to the table.
 Prediction-set columns: coverage of the 0.9 sets over all in-domain photos (an abstention is a
@@ -23,21 +25,38 @@ from ethnic_group_recognizer.evaluate import evaluate
 from ethnic_group_recognizer.train import TrainOptions, train
 
 OLD = Config(feature_size=224, feature_pooling="mean")  # ImageNet size, average pooling
-PLAIN = TrainOptions(tta=False, prototype_weight=0.0, augment_copies=0)
+PLAIN = {"prototype_weight": 0.0, "augment_copies": 0}
+CROPS = "lite0 320 px GeM + prototypes + augmentation, views crops"
 VARIANTS: dict[str, tuple[TrainOptions, Config]] = {
-    "lite0 224 px mean, plain logistic regression (reference recipe)": (PLAIN, OLD),
-    "lite0 224 px mean + prototypes + small-class augmentation + TTA": (TrainOptions(), OLD),
-    "lite0 320 px GeM, plain logistic regression": (PLAIN, Config()),
-    "lite0 320 px GeM + prototypes + augmentation, no TTA": (TrainOptions(tta=False), Config()),
-    "lite0 320 px GeM + prototypes + augmentation + TTA (default)": (TrainOptions(), Config()),
-    "lite2 372 px GeM + prototypes + augmentation + TTA": (TrainOptions(), Config(backbone="lite2")),
-    # The same default recipe with the abstain rule and set calibration of before (issue 13).
-    "default, top-label abstain rule (before prediction sets)": (
+    "lite0 224 px mean, plain logistic regression, views full (reference recipe)": (
+        TrainOptions(views="full", **PLAIN),
+        OLD,
+    ),
+    "lite0 224 px mean + prototypes + small-class augmentation, views mirror": (
+        TrainOptions(views="mirror"),
+        OLD,
+    ),
+    "lite0 320 px GeM, plain logistic regression, views full": (
+        TrainOptions(views="full", **PLAIN),
+        Config(),
+    ),
+    "lite0 320 px GeM + prototypes + augmentation, views full": (TrainOptions(views="full"), Config()),
+    "lite0 320 px GeM + prototypes + augmentation, views mirror (the previous default)": (
+        TrainOptions(views="mirror"),
+        Config(),
+    ),
+    f"**{CROPS} (default)**": (TrainOptions(), Config()),
+    "lite2 372 px GeM + prototypes + augmentation, views mirror": (
+        TrainOptions(views="mirror"),
+        Config(backbone="lite2"),
+    ),
+    # The default recipe with the abstain rule and set calibration of before (issue 13).
+    "crops, top-label abstain rule (before prediction sets)": (
         TrainOptions(abstain_rule="top-label"),
         Config(),
     ),
-    "default, sets without Mondrian (marginal quantile only)": (TrainOptions(mondrian=False), Config()),
-    "default, top-label abstain rule, sets without Mondrian": (
+    "crops, sets without Mondrian (marginal quantile only)": (TrainOptions(mondrian=False), Config()),
+    "crops, top-label abstain rule, sets without Mondrian": (
         TrainOptions(abstain_rule="top-label", mondrian=False),
         Config(),
     ),

@@ -5,8 +5,11 @@
 Prints, for each size: wall seconds and images/s of ``predict_paths`` (the plain batched local
 engine) and of ``batch.jobs.predict_to_parquet`` (Ray actor pool, Parquet written); the fixed and
 per-image cost of each engine fitted over the sizes (so the Ray overhead per image); and the stage
-costs that bound a node's throughput: decode per image (at the benchmark's size and at a 12 MP
-archive scan), model per image (TTA, 1 and 2 threads), and the driver's cost per result row.
+costs that bound a node's throughput: decode per image as the product decodes (``Recognizer.decode``:
+JPEG draft mode to the short side the model's views need; at the benchmark's size and at a 12 MP
+archive scan), model per image (all of the model's views, 7 for the shipped model, rendering
+included; 1 and 2 threads), and the driver's cost per result row. ``--batch-size`` is photos a
+model call (default: ``Config.batch_size``, 1, the fastest measured on 2 cores).
 Images are generated (smooth colour fields plus grain, 640x480 JPEG q85, about the size of a web
 photo) and kept in --workdir, so a second run skips generating them.
 """
@@ -57,17 +60,27 @@ def generate(folder: Path, count: int) -> list[Path]:
 def stage_costs(paths: list[Path], workdir: Path) -> dict[str, float]:
     """Milliseconds per image of each stage, one at a time, to see which one bounds a node."""
     sample = paths[:128]
+    decoder = Recognizer.load()
     start = time.perf_counter()
-    images = [load_image(p) for p in sample]
+    images = [decoder.decode(p) for p in sample]
     decode_ms = (time.perf_counter() - start) / len(sample) * 1000
     big = workdir / "scan-12mp.jpg"
     if not big.exists():
         photo_like(10**6, 4000, 3000).save(big, quality=90)
     start = time.perf_counter()
     for _ in range(5):
-        load_image(big)
+        decoder.decode(big)
     decode_big_ms = (time.perf_counter() - start) / 5 * 1000
-    costs = {"decode_640x480_ms": decode_ms, "decode_12mp_ms": decode_big_ms}
+    start = time.perf_counter()
+    for _ in range(5):
+        load_image(big)
+    decode_big_full_ms = (time.perf_counter() - start) / 5 * 1000
+    costs = {
+        "decode_640x480_ms": decode_ms,
+        "decode_12mp_ms": decode_big_ms,
+        "decode_12mp_full_size_ms": decode_big_full_ms,
+        "views": len(decoder.views),
+    }
     for threads in (1, 2):
         recognizer = Recognizer.load(config=Config(threads=threads))
         recognizer.probabilities(images[:32])  # warm-up
@@ -101,6 +114,9 @@ def driver_row_cost(workdir: Path, rows: int = 20_000, block: int = 32) -> dict[
         "label": "Bai people",
         "confidence": 0.9,
         "scores": scores,
+        "prediction_set": ["Bai people", "Hani people"],
+        "coverage": 0.9,
+        "low_data": False,
         "error": None,
     }
     table = to_table([row] * block, predict_schema())
@@ -145,7 +161,19 @@ class _NoModel:
         from ethnic_group_recognizer.batch.parquet import predict_schema, to_table
 
         paths = batch.column("path").to_pylist()
-        rows = [{"path": p, "label": None, "confidence": 0.5, "scores": "{}", "error": None} for p in paths]
+        rows = [
+            {
+                "path": p,
+                "label": None,
+                "confidence": 0.5,
+                "scores": "{}",
+                "prediction_set": [],
+                "coverage": 0.9,
+                "low_data": False,
+                "error": None,
+            }
+            for p in paths
+        ]
         return to_table(rows, predict_schema())
 
 
@@ -186,7 +214,7 @@ def main() -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--cpus", type=int, default=2, help="CPUs given to the local Ray")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=Config().batch_size, help="photos a model call")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/egr-scale"))
     args = parser.parse_args()
     try:
