@@ -158,6 +158,7 @@ def test_in_scope_share_threshold_reaches_the_other_target():
         ({"abstain_rule": "max"}, "abstain_rule"),
         ({"regularization": float("nan")}, "regularization"),
         ({"views": "all"}, "views"),
+        ({"image_size": 8}, "image_size"),
         ({"mode": "finetune", "views": "crops"}, "views 'crops' is for the probe"),
     ],
 )
