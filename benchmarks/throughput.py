@@ -207,6 +207,21 @@ def section_decode(recognizer, small: list[Path], large: list[Path], rounds: int
         print(f"  {name:70s} {wall:7.1f} ms {median(s.cpu_ms_per_photo for s in runs):7.1f} CPU ms a photo")
 
 
+def print_large_to_small(small_runs: list[Sample], large_runs: list[Sample]) -> float:
+    """Print and return the 12 MP rate over the 640x480 rate (wall, and CPU-bound beside it)."""
+    big_to_small = median(
+        b.photos_per_s / s.photos_per_s for s, b in zip(small_runs, large_runs, strict=True)
+    )
+    cpu_big_to_small = median(s.cpu_ms_per_photo for s in small_runs) / median(
+        b.cpu_ms_per_photo for b in large_runs
+    )
+    print(
+        f"  12 MP rate / 640x480 rate: {big_to_small:.2f} (target >= 0.5); "
+        f"CPU-bound: {cpu_big_to_small:.2f} (CPU a 640x480 photo / CPU a 12 MP photo)"
+    )
+    return big_to_small
+
+
 def section_inproc(
     reference: Reference, small: list[Path], large: list[Path], rounds: int, chunk: int
 ) -> dict:
@@ -241,16 +256,7 @@ def section_inproc(
     for name, runs in samples.items():
         print(row(name, runs))
     small_runs, large_runs = samples.values()
-    big_to_small = median(
-        b.photos_per_s / s.photos_per_s for s, b in zip(small_runs, large_runs, strict=True)
-    )
-    cpu_big_to_small = median(s.cpu_ms_per_photo for s in small_runs) / median(
-        b.cpu_ms_per_photo for b in large_runs
-    )
-    print(
-        f"  12 MP rate / 640x480 rate: {big_to_small:.2f} (target >= 0.5); "
-        f"CPU-bound: {cpu_big_to_small:.2f} (CPU a 640x480 photo / CPU a 12 MP photo)"
-    )
+    big_to_small = print_large_to_small(small_runs, large_runs)
     return {"small": median(s.ratio for s in small_runs), "large_to_small": big_to_small}
 
 
@@ -283,16 +289,7 @@ def section_cli(reference: Reference, model_dir: Path, folders: dict[str, Path],
             f"child CPU {median(s.extra['cpu_ms'] for s in runs):.0f} ms a photo (start-up included)"
         )
     small_runs, large_runs = samples.values()
-    big_to_small = median(
-        b.photos_per_s / s.photos_per_s for s, b in zip(small_runs, large_runs, strict=True)
-    )
-    cpu_big_to_small = median(s.cpu_ms_per_photo for s in small_runs) / median(
-        b.cpu_ms_per_photo for b in large_runs
-    )
-    print(
-        f"  12 MP rate / 640x480 rate: {big_to_small:.2f} (target >= 0.5); "
-        f"CPU-bound: {cpu_big_to_small:.2f} (CPU a 640x480 photo / CPU a 12 MP photo)"
-    )
+    big_to_small = print_large_to_small(small_runs, large_runs)
     large_folder = folders["4032x3024"]
     count = len(list(large_folder.iterdir()))
     print(f"\npeak RSS of a fresh egr predict on {count} photos 4032x3024 ({load_average()}; target <= 1 GB)")

@@ -15,7 +15,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from ethnic_group_recognizer.backbone import VIEWS_PER_RUN
+from ethnic_group_recognizer.backbone import VIEWS_PER_RUN, preprocess
 from ethnic_group_recognizer.calibrate import in_scope_scores
 from ethnic_group_recognizer.config import ABSTAIN_TEXT, DEFAULT_MODEL_DIR, Config
 from ethnic_group_recognizer.conformal import ConformalCalibration, prediction_sets
@@ -215,7 +215,7 @@ class Recognizer:
     # -- prediction ----------------------------------------------------------------------------
     def preprocess(self, image: Image.Image, mirror: bool = False) -> np.ndarray:
         """One full-photo view (3, S, S), optionally mirrored: what ``explain`` occludes."""
-        return render_views(image, (View(mirror=mirror),), self.image_size)[0]
+        return preprocess(image, self.image_size, mirror)
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """(V, 3, S, S): the model's views of one decoded photo."""
