@@ -7,11 +7,12 @@
 On the shipped model (copied to a temp dir first, so a re-train underneath changes nothing), each
 figure beside the model-alone rate measured in the same run (issue 15's targets):
 
-- ``model``: the model alone on pre-made input, one photo's V views in one ``session.run`` of the
-  product's own session (``Recognizer.run``), and the physical limit: FLOPs a view counted from
-  the graph, GFLOP/s reached, against the CPU's fp32 peak;
+- ``model``: the model alone on pre-made input, one photo's V views in one ``session.run`` on the
+  product engine's session (``Recognizer.engine_session``), on as many threads at once as the
+  engine has streams (``Config.engine_streams``: 2 one-thread streams on 2 cores), and the physical
+  limit: FLOPs a view counted from the graph, GFLOP/s reached, against the CPU's fp32 peak;
 - ``options``: session options (intra-op threads, spinning, photos a run, two streams) beside the
-  product's defaults;
+  reference;
 - ``decode``: what decoding and rendering the views costs, one thread, no model;
 - ``inproc``: ``predict.predict_paths`` in this process on 640x480 and 12 MP folders;
 - ``cli``: the real ``egr predict FOLDER --jsonl`` in a subprocess (start-up excluded: the rate
@@ -51,22 +52,36 @@ SECTIONS = ("model", "options", "decode", "inproc", "cli", "serve", "train")
 
 
 class Reference:
-    """The model alone in the product's own session: pre-made (1, V, 3, S, S) views, one run a photo."""
+    """The model alone at its best here: pre-made (1, V, 3, S, S) views, one run a photo, on the
+    product engine's session and as many threads at once as the engine has streams (on 2 cores:
+    two streams of a one-thread session, 1.3x one stream of two threads; the ``options`` table)."""
 
     def __init__(self, recognizer, seconds: float):
         self.recognizer = recognizer
         self.seconds = seconds
         self.views = len(recognizer.views)
+        self.streams = recognizer.config.engine_streams()
+        self.session = recognizer.engine_session()
         size = recognizer.image_size
         rng = np.random.default_rng(0)
         self.feed = rng.uniform(-1, 1, (1, self.views, 3, size, size)).astype(np.float32)
-        recognizer.run(self.feed)  # warm: arena, prepacked weights
+        recognizer.run(self.feed, self.session)  # warm: arena, prepacked weights
         self.samples: list[Sample] = []
 
     def __call__(self) -> Sample:
-        sample = parts.timed(lambda: (self.recognizer.run(self.feed), 1)[1], self.seconds)
+        def one() -> int:
+            self.recognizer.run(self.feed, self.session)
+            return 1
+
+        if self.streams == 1:
+            sample = parts.timed(one, self.seconds)
+        else:
+            sample = parts.timed_streams(one, self.seconds, self.streams)
         self.samples.append(sample)
         return sample
+
+    def config_text(self) -> str:
+        return f"intra={self.recognizer.config.stream_threads()} spin=off"
 
     def cpu_ms(self) -> float:
         """Median CPU ms a photo over every model-alone sample so far (load-independent, roughly)."""
@@ -99,7 +114,10 @@ def section_model(reference: Reference, model_path: Path, workdir: Path, rounds:
         reference()
     ms = reference.ms()
     views_per_s = 1000 / ms * reference.views
-    print(f"\nmodel alone ({load_average()}): product session, {reference.views} views a photo in one run")
+    print(
+        f"\nmodel alone ({load_average()}): the engine's session, {reference.streams} stream(s) x 1 photo "
+        f"({reference.config_text()}), {reference.views} views a photo in one run"
+    )
     print(
         f"  {1000 / ms:.2f} photos/s, {ms:.1f} ms a photo = {ms / reference.views:.1f} ms a view "
         f"(median of {len(reference.samples)} samples, "
@@ -120,7 +138,7 @@ def section_model(reference: Reference, model_path: Path, workdir: Path, rounds:
 
 
 def section_options(reference: Reference, model_path: Path, rounds: int, seconds: float) -> None:
-    """Thread counts, spinning, photos a run and two streams, each beside the product's session."""
+    """Thread counts, spinning, photos a run and two streams, each beside the reference (the engine's streams)."""
     v, size = reference.views, reference.recognizer.image_size
     graph_views = reference.recognizer.model_dir.metadata.views_in_graph
     rng = np.random.default_rng(1)
@@ -150,21 +168,21 @@ def section_options(reference: Reference, model_path: Path, rounds: int, seconds
             lambda: (run(["probabilities"], {"pixels": feeds[1]}), 1)[1], seconds, 2
         )
 
-    product = SessionSettings(intra=2, spinning=False)
+    product = SessionSettings(intra=2, spinning=False)  # one stream: single photos, explain
     plans = {
-        f"1 photo a run [{product.label}] (the product's default)": alone(product, 1),
+        f"1 photo a run [{product.label}] (one photo alone: Recognizer.predict)": alone(product, 1),
         f"1 photo a run [{SessionSettings(1).label}]": alone(SessionSettings(1), 1),
         f"1 photo a run [{SessionSettings(2, True).label}]": alone(SessionSettings(2, True), 1),
         f"2 photos a run [{product.label}]": alone(product, 2),
         f"4 photos a run [{product.label}]": alone(product, 4),
         f"2 photos a run [{SessionSettings(1).label}]": alone(SessionSettings(1), 2),
-        f"2 streams x 1 photo [{SessionSettings(1).label}] (the server's shape)": streams(SessionSettings(1)),
+        f"2 streams x 1 photo [{SessionSettings(1).label}] (batch work, the server; the reference)": streams(
+            SessionSettings(1)
+        ),
     }
     measures = {name: (lambda m=m: bracketed(reference, m)) for name, m in plans.items()}
     samples = interleaved(measures, rounds, seed=1)
-    print(
-        f"\nsession options, model alone, {v} views a photo ({load_average()}); ratio to the product's session"
-    )
+    print(f"\nsession options, model alone, {v} views a photo ({load_average()}); ratio to the reference")
     for name, runs in samples.items():
         print(row(name, runs))
     sessions.clear()

@@ -15,7 +15,7 @@ import os
 import random
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from ethnic_group_recognizer.config import Config
-from ethnic_group_recognizer.engine import grouped, prefetch
+from ethnic_group_recognizer.engine import chunks, prefetch
 from ethnic_group_recognizer.views import View, decode_side, render_views
 
 EMBEDDING_DIM = 1280
@@ -299,7 +299,10 @@ class Embedder:
         self.config = config or Config()
         self.backbone = backbone
         self.spec = spec_for(backbone, self.config)
-        self.session = onnx_session(onnx_path or backbone_onnx(backbone, self.config), self.config)
+        # Embedding is always batch work: its streams share one session of fewer threads (engine.py).
+        self.streams = self.config.engine_streams()
+        threads = replace(self.config, threads=self.config.stream_threads())
+        self.session = onnx_session(onnx_path or backbone_onnx(backbone, self.config), threads)
         self.output = self.session.get_outputs()[0].name
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
@@ -315,13 +318,35 @@ class Embedder:
         return self.embed_image_views(images, (View(mirror=mirror),))[:, 0]
 
     def embed_image_views(self, images: Sequence[Image.Image], views: Sequence[View]) -> np.ndarray:
-        """Embeddings (N, V, 1280) of ``views`` of decoded images, ``config.batch_size`` photos a run."""
-        out = []
-        size, step = self.spec.image_size, self.config.batch_size
-        for start in range(0, len(images), step):
-            pixels = np.stack([render_views(im, views, size) for im in images[start : start + step]])
-            out.append(self._run(pixels.reshape(-1, *pixels.shape[2:])).reshape(len(pixels), len(views), -1))
+        """Embeddings (N, V, 1280) of ``views`` of decoded images, on the engine's streams."""
+        views = tuple(views)
+        size = self.spec.image_size
+
+        def rendered(chunk: list[Image.Image]) -> np.ndarray:
+            return np.stack([render_views(im, views, size) for im in chunk])
+
+        out = [rows for _, rows in self._streamed(images, rendered, len(views))]
         return np.concatenate(out) if out else np.zeros((0, len(views), EMBEDDING_DIM), np.float32)
+
+    def _streamed(
+        self, items: Sequence, rendered: Callable[[list], np.ndarray], views: int
+    ) -> Iterator[tuple[list, np.ndarray]]:
+        """``(chunk, (len(chunk), V, d) embeddings)`` in order, the engine's way (engine.py).
+
+        Several streams: each thread renders its chunk and runs it. One stream: the next chunks
+        are rendered in a background thread while this one runs the model.
+        """
+        step = max(1, min(self.config.batch_size, VIEWS_PER_RUN // (views * self.streams)))
+
+        def run(pixels: np.ndarray) -> np.ndarray:
+            return self._run(pixels.reshape(-1, *pixels.shape[2:])).reshape(len(pixels), views, -1)
+
+        if self.streams > 1:
+            work = lambda chunk: run(rendered(chunk))  # noqa: E731 - one line, used once
+            yield from prefetch(chunks(items, step), work, window=2 * self.streams, threads=self.streams)
+        else:
+            for chunk, pixels in prefetch(chunks(items, step), rendered):
+                yield chunk, run(pixels)  # type: ignore[arg-type] - no expected errors: raised
 
     def cache_for(self, view: View | bool = False, side: int | None = None) -> EmbeddingCache:
         """The cache of one view (``True``/``False``: the full photo mirrored or not) at one decode side."""
@@ -358,23 +383,30 @@ class Embedder:
         side = side or decode_side(views, self.spec.image_size)
         caches = [self.cache_for(view, side) for view in views]
         missing = [i for i, digest in enumerate(hashes) if any(c.get(digest) is None for c in caches)]
-        size, step = self.spec.image_size, self.config.batch_size
+        size = self.spec.image_size
 
-        def rendered(i: int) -> np.ndarray:
-            return render_views(load_image(paths[i], self.config, target_side=side), views, size)
+        def rendered(chunk: list[int]) -> np.ndarray:
+            return np.stack(
+                [
+                    render_views(load_image(paths[i], self.config, target_side=side), views, size)
+                    for i in chunk
+                ]
+            )
 
-        groups = grouped(prefetch(missing, rendered), step)
+        groups = self._streamed(missing, rendered, len(views))
         done = 0
-        for group in progress(
-            groups, "Embedding images", disable=not show_progress, total=len(missing), weight=len
+        for chunk, vectors in progress(
+            groups,
+            "Embedding images",
+            disable=not show_progress,
+            total=len(missing),
+            weight=lambda g: len(g[0]),
         ):
-            pixels = np.stack([p for _, p in group])
-            vectors = self._run(pixels.reshape(-1, *pixels.shape[2:])).reshape(len(group), len(views), -1)
-            for (i, _), row in zip(group, vectors, strict=True):
+            for i, row in zip(chunk, vectors, strict=True):
                 for cache, vector in zip(caches, row, strict=True):
                     cache.put(hashes[i], vector)
-            done += len(group)
-            if done % 256 < len(group):
+            done += len(chunk)
+            if done % 256 < len(chunk):
                 for cache in caches:
                     cache.save()  # checkpoint: an interrupted run keeps most of its work
         for cache in caches:

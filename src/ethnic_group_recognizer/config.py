@@ -27,6 +27,8 @@ LABELS: tuple[str, ...] = (
 )
 #: Folder name (at any depth) of images that show none of the classes; trains the abstain class.
 ABSTAIN_LABEL = "other"
+#: Automatic streams stop here: each holds one photo's activations (about 20 MB a view).
+MAX_STREAMS = 4
 #: Neutral text for an abstention where no model's own words are at hand; every surface that
 #: knows the model shows its card's ``none_of_these`` instead (card.py).
 ABSTAIN_TEXT = "None of these"
@@ -74,6 +76,12 @@ class Config:
     min_side: int = 32
     #: Worker threads for onnxruntime; 0 lets it use every core.
     threads: int = 0
+    #: Photos in flight at once in batch work (``egr predict``, ``egr evaluate``, training and
+    #: cleaning embeddings), each decoded and run on its own thread with a session of
+    #: ``threads / streams`` onnxruntime threads. On 2 cores two one-thread streams beat one
+    #: two-thread stream by about 1.3x (docs/THROUGHPUT.md). 0: automatic (one a core, at most
+    #: MAX_STREAMS, when ``threads`` is 0; otherwise 1, the given threads in one stream).
+    streams: int = 0
 
     def __post_init__(self) -> None:
         """Refuse impossible settings here, once, with a clear message (the CLI relies on it)."""
@@ -89,8 +97,20 @@ class Config:
         check_integer("max_jpeg_scans", self.max_jpeg_scans, 1, 10**6)
         check_integer("min_side", self.min_side, 1, 2**16)
         check_integer("threads", self.threads, 0, 1024)
+        check_integer("streams", self.streams, 0, 64)  # each holds a photo's activations
         if not isinstance(self.cache_dir, Path):
             object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+
+    def engine_streams(self) -> int:
+        """Photos batch work keeps in flight (see ``streams``)."""
+        if self.streams:
+            return self.streams
+        return min(MAX_STREAMS, os.cpu_count() or 1) if self.threads == 0 else 1
+
+    def stream_threads(self) -> int:
+        """onnxruntime threads of the session batch work shares between its streams."""
+        total = self.threads or (os.cpu_count() or 1)
+        return max(1, total // self.engine_streams())
 
 
 # -- validation helpers, shared with train.TrainOptions ------------------------------------

@@ -1,10 +1,14 @@
-"""The one prediction engine's pipeline: decode ahead in a thread, infer in the caller, in order.
+"""The one prediction engine's pipeline: photos decoded and run ahead in threads, results in order.
 
-On 2 cores the model and the decoder each want the CPU (docs/THROUGHPUT.md): decoding the next
-photos in one background thread while the caller runs the model (onnxruntime, Pillow and numpy
-release the GIL) keeps both busy, and a window of a few photos bounds memory whatever the folder
-holds. Used by ``Recognizer.predict_paths`` (CLI ``egr predict``, Ray actors) and
-``Embedder.embed_files`` (training and cleaning embeddings). A leaf module: standard library only.
+On 2 cores the model and the decoder each want the CPU (docs/THROUGHPUT.md). With one stream
+(``Config.engine_streams() == 1``) the next photos are decoded in one background thread while
+the caller runs the model; with more, each stream thread decodes its photo and runs it on a
+session of fewer onnxruntime threads (two one-thread streams beat one two-thread stream on 2
+cores: while one decodes, the other computes, and no op waits for a second thread).
+onnxruntime, Pillow and numpy release the GIL. A window of a few photos bounds memory whatever
+the folder holds. Used by ``Recognizer.predict_sources`` (CLI ``egr predict``, ``egr evaluate``,
+Ray actors) and ``Embedder.embed_file_views`` (training and cleaning embeddings). A leaf module:
+standard library only.
 
 Written here rather than taken from a library: it is a bounded ``ThreadPoolExecutor`` window
 (twenty lines); the ones that exist (torch's DataLoader, Ray Data) bring a framework with them.
@@ -50,7 +54,7 @@ def prefetch(
 
     pending: deque[tuple[Item, Future]] = deque()
     source = iter(items)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="egr-decode") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="egr-engine") as pool:
         try:
             for item in source:
                 pending.append((item, pool.submit(guarded, item)))
@@ -63,6 +67,20 @@ def prefetch(
         finally:
             for _, future in pending:
                 future.cancel()
+
+
+def chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    """Consecutive lists of ``size`` items (the last may be shorter): a stream's share of work."""
+    if size < 1:
+        raise ValueError("size must be at least 1")
+    chunk: list[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def grouped(

@@ -7,8 +7,11 @@ No pickle anywhere.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import chain, islice
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +22,7 @@ from ethnic_group_recognizer.backbone import VIEWS_PER_RUN, preprocess
 from ethnic_group_recognizer.calibrate import in_scope_scores
 from ethnic_group_recognizer.config import ABSTAIN_TEXT, DEFAULT_MODEL_DIR, Config
 from ethnic_group_recognizer.conformal import ConformalCalibration, prediction_sets
-from ethnic_group_recognizer.engine import grouped, prefetch
+from ethnic_group_recognizer.engine import chunks, grouped, prefetch
 from ethnic_group_recognizer.images import ImageError, load_image
 from ethnic_group_recognizer.model_dir import ModelDir, open_session, read_model_dir
 from ethnic_group_recognizer.views import View, decode_side, render_views
@@ -159,6 +162,9 @@ class Recognizer:
         self.directory = self.model_dir.path
         self.config = config or Config()
         self.session = open_session(self.model_dir, self.config)
+        #: The session batch work's streams share (fewer onnxruntime threads), made on first use.
+        self._stream_session = None
+        self._stream_session_lock = threading.Lock()
         meta = self.model_dir.metadata
         self.labels: list[str] = list(meta.labels)
         self.image_size = meta.backbone.image_size
@@ -225,24 +231,26 @@ class Recognizer:
         """Decode a photo as prediction needs it (JPEG draft mode to ``decode_side``)."""
         return load_image(source, self.config, target_side=self.decode_side)
 
-    def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, pixels: np.ndarray, session=None) -> tuple[np.ndarray, np.ndarray]:
         """Raw outputs for (N, V, 3, S, S) views of N photos: probabilities (N, K+1), embeddings (N, d).
 
         Any V works (``explain`` runs single views); all of a photo's views go in one
         ``session.run``, and at most :data:`VIEWS_PER_RUN` views do (activations take about
         20 MB a view and the arena keeps its peak), so memory stays flat at any batch size.
-        A format-1 graph (one view a row) averages its rows' outputs here.
+        A format-1 graph (one view a row) averages its rows' outputs here. ``session``: another
+        session of the same graph (the engine's streams share one with fewer threads).
         """
+        session = session or self.session
         step = max(1, VIEWS_PER_RUN // max(1, pixels.shape[1]))
         if len(pixels) > step:
-            parts = [self.run(pixels[start : start + step]) for start in range(0, len(pixels), step)]
+            parts = [self.run(pixels[start : start + step], session) for start in range(0, len(pixels), step)]
             return np.concatenate([p for p, _ in parts]), np.concatenate([e for _, e in parts])
         if self.model_dir.metadata.views_in_graph:
-            probabilities, embedding = self.session.run(["probabilities", "embedding"], {"pixels": pixels})
+            probabilities, embedding = session.run(["probabilities", "embedding"], {"pixels": pixels})
             return probabilities, embedding
         n, v = pixels.shape[:2]
         flat = pixels.reshape(n * v, *pixels.shape[2:])
-        probabilities, embedding = self.session.run(["probabilities", "embedding"], {"pixels": flat})
+        probabilities, embedding = session.run(["probabilities", "embedding"], {"pixels": flat})
         return probabilities.reshape(n, v, -1).mean(axis=1), embedding.reshape(n, v, -1).mean(axis=1)
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -262,9 +270,11 @@ class Recognizer:
     ) -> Iterator[tuple[Item, Prediction | BaseException]]:
         """Predict many photos as fast as the machine allows, yielding ``(source, result)`` in order.
 
-        The engine (engine.py): the next photos are decoded (draft mode) and their views rendered
-        in a background thread while the model runs in this one; at most a few decoded photos
-        are held at once, so memory stays flat whatever the folder or photo size. A photo that
+        The engine (engine.py): ``config.engine_streams()`` threads (two on 2 cores) each decode
+        a photo (draft mode), render its views and run them on :meth:`engine_session`; with one
+        stream the next photos are decoded in a background thread while the model runs in this
+        one. At most a few photos are in flight, so memory stays flat whatever the folder or
+        photo size. A photo that
         fails to decode with an ``expected`` error yields that error. ``decode`` reads one source
         (default :meth:`decode`: a path, bytes or Pillow image); Ray actors pass their reader.
         """
@@ -282,18 +292,57 @@ class Recognizer:
         step = self.config.batch_size if batch_size is None else batch_size
         if step < 1:
             raise ValueError(f"batch_size must be at least 1, got {step}")
-        # a model call takes at most VIEWS_PER_RUN views, so holding more photos than that buys nothing
-        step = min(step, max(1, VIEWS_PER_RUN // len(self.views)))
         read = decode or self.decode
+        source_iter = iter(sources)
+        first = list(islice(source_iter, 2))  # one photo is not batch work: it keeps the full session
+        streams = self.config.engine_streams() if len(first) > 1 else 1
+        # the views in flight stay within VIEWS_PER_RUN: more photos a call buys nothing, costs memory
+        step = min(step, max(1, VIEWS_PER_RUN // (len(self.views) * streams)))
+        every = chain(first, source_iter)
 
         def views_of(source: Item) -> np.ndarray:
             return self.pixels(read(source))
 
-        for group in grouped(prefetch(sources, views_of, expected), step):
-            ready = [pixels for _, pixels in group if not isinstance(pixels, BaseException)]
-            rows = iter(self.run(np.stack(ready))[0] if ready else [])
-            for source, pixels in group:
-                yield source, pixels if isinstance(pixels, BaseException) else next(rows)
+        if streams == 1:
+            for group in grouped(prefetch(every, views_of, expected), step):
+                yield from self._rows_of(group, self.session)
+            return
+        session = self.engine_session()
+
+        def decoded_and_run(chunk: list[Item]) -> list[tuple[Item, np.ndarray | BaseException]]:
+            group: list[tuple[Item, np.ndarray | BaseException]] = []
+            for source in chunk:
+                try:
+                    group.append((source, views_of(source)))
+                except expected as error:
+                    group.append((source, error))
+            return list(self._rows_of(group, session))
+
+        for _, rows in prefetch(chunks(every, step), decoded_and_run, window=2 * streams, threads=streams):
+            yield from rows  # type: ignore[misc] - decoded_and_run raises only unexpected errors
+
+    def _rows_of(
+        self, group: list[tuple[Item, np.ndarray | BaseException]], session
+    ) -> Iterator[tuple[Item, np.ndarray | BaseException]]:
+        """One model call for a group's decoded photos; its errors stay in place."""
+        ready = [pixels for _, pixels in group if not isinstance(pixels, BaseException)]
+        rows = iter(self.run(np.stack(ready), session)[0] if ready else [])
+        for source, pixels in group:
+            yield source, pixels if isinstance(pixels, BaseException) else next(rows)
+
+    def engine_session(self):
+        """The session the streams share: ``config.stream_threads()`` onnxruntime threads."""
+        from ethnic_group_recognizer.backbone import onnx_session
+
+        threads = self.config.stream_threads()
+        if threads == (self.config.threads or (os.cpu_count() or 1)):
+            return self.session
+        with self._stream_session_lock:
+            if self._stream_session is None:  # the graph was checked when the model loaded
+                self._stream_session = onnx_session(
+                    self.model_dir.model_path, replace(self.config, threads=threads)
+                )
+            return self._stream_session
 
     @property
     def coverage(self) -> float | None:
