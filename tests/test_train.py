@@ -134,6 +134,30 @@ def test_finetune_runs_and_exports_a_self_contained_model(tmp_path, capfd):
     assert recognizer.metadata["options"]["mode"] == "finetune"
 
 
+@pytest.mark.slow
+def test_finetune_never_reads_the_held_out_split(tmp_path, monkeypatch):
+    """Early stopping and calibration use a fifth of the training split, so evaluation stays honest."""
+    import ethnic_group_recognizer.finetune as finetune_module
+    from ethnic_group_recognizer.images import sha256_file
+    from ethnic_group_recognizer.model_dir import read_split
+
+    dataset = make_dataset(tmp_path / "ds", per_class=6)
+    decoded: list[str] = []
+    real_load = finetune_module.load_image
+
+    def recording_load(path, *args, **kwargs):  # a spy: the real decoder runs
+        decoded.append(sha256_file(path))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "load_image", recording_load)
+    options = TrainOptions(mode="finetune", epochs=1, head_epochs=0, name="ft-split")
+    result = train(dataset, tmp_path / "model", options, Config(batch_size=8))
+    held_out, trained_on = read_split(result.out_dir, "val"), read_split(result.out_dir, "train")
+    assert held_out and decoded and not held_out & set(decoded)
+    assert set(decoded) <= trained_on
+    assert "fifth of the training split" in result.model_metadata.calibration.calibrated_on
+
+
 @pytest.mark.parametrize("inside", [".", "model", "checks/model"])
 def test_the_model_directory_cannot_be_inside_the_dataset(tmp_path, inside):
     root = tmp_path / "ds"

@@ -2,7 +2,8 @@
 
 Head warm-up with the backbone frozen, then everything unfrozen with a ten times smaller rate for
 the backbone, one-cycle schedule, augmentation, early stopping on the validation loss and a fixed
-seed. The warm-up starts from a closed-form linear probe on the frozen features ("LP-FT", Kumar et
+seed. The "validation" photos here are the ones ``train.py`` passes: a group-aware fifth of the
+training split, never the model's held-out split (which stays untouched for ``egr evaluate``). The warm-up starts from a closed-form linear probe on the frozen features ("LP-FT", Kumar et
 al., 2022): a randomly initialised head sends large, noisy gradients into the pretrained backbone
 and distorts its features before the head has learnt anything, and on 2 cores there are only a
 few epochs to spend. The result is exported to ONNX, so prediction never needs torch. Needs the
@@ -130,7 +131,7 @@ def _initialise_head_from_probe(
 ):
     """Set the head to a logistic-regression probe on the frozen backbone's features (the LP of LP-FT).
 
-    The probe's logits are divided by a temperature fitted on the validation split (the split
+    The probe's logits are divided by a temperature fitted on the validation photos (the ones
     fine-tuning calibrates on anyway): an over-confident start gives large losses on its
     mistakes and large gradients into the backbone, which LP-FT is meant to avoid.
     """
@@ -215,7 +216,7 @@ def finetune(
     import torch
 
     if len(val_idx) == 0:
-        raise ValueError("fine-tuning needs a validation split for early stopping; the dataset is too small")
+        raise ValueError("fine-tuning needs validation photos for early stopping; the dataset is too small")
     _seed_everything(config.seed)
     spec = spec_for(config.backbone, config)  # the pooling train() records in the metadata
     size = options.image_size or spec.native_size  # every epoch pays for the pixels
@@ -244,6 +245,8 @@ def finetune(
     # FT: the head alone, then everything; the best validation loss of either phase is kept.
     best_loss, best_state, epochs_run = float("inf"), None, 0
     for phase, epochs in (("head", options.head_epochs), ("fine-tune", options.epochs)):
+        if epochs == 0:  # TrainOptions allows 0 (e.g. no head warm-up); a schedule needs steps
+            continue
         if phase == "head":
             optimizer = torch.optim.AdamW(head_params, lr=options.learning_rate * 3)
         else:

@@ -351,10 +351,18 @@ def train(
             image_size=options.image_size,
         )
         paths = [dataset.abspath(r) for r in records]
-        tuned = finetune(paths, targets, train_idx, val_idx, n_outputs, recipe, config, out)
+        # Early stopping and calibration need photos the network did not learn from; they come
+        # from the training split, so the held-out split stays untouched, as for the probe.
+        fit_part, tune_part = group_folds(targets[train_idx], groups[train_idx], 5, config.seed)[0]
+        tuned = finetune(
+            paths, targets, train_idx[fit_part], train_idx[tune_part], n_outputs, recipe, config, out
+        )
         backbone_path, weights, bias = tuned.backbone_path, tuned.weights, tuned.bias
         oof_logits, oof_targets = tuned.val_logits, tuned.val_targets
-        calibration_note = "the validation split (fine-tuning has no out-of-fold predictions)"
+        calibration_note = (
+            "a group-aware fifth of the training split, held out from fine-tuning "
+            "(early stopping and calibration)"
+        )
 
     temperature = fit_temperature(oof_logits, oof_targets)
     oof_probabilities = served_probabilities(oof_logits, temperature)
