@@ -446,3 +446,17 @@ def test_too_large_messages_speak_mib() -> None:
     assert mib(10 * 2**20) == "10 MiB" and mib(19_361_543) == "18.5 MiB"
     message = too_large(19_361_543, 10 * 2**20)
     assert "18.5 MiB" in message and "10 MiB" in message and "19,361,543 bytes" in message
+
+
+def test_bare_page_names_redirect_to_the_pages(client: httpx.Client) -> None:
+    for name in ("about", "recognize"):
+        moved = client.get(f"/{name}?target=https://example.com/", follow_redirects=False)
+        assert moved.status_code == 308 and moved.headers["location"] == f"{name}.html", moved.headers
+        page = client.get(f"/{name}", follow_redirects=True)
+        assert (
+            page.status_code == 200
+            and "<html" in page.text.lower()
+            and str(page.url).endswith(f"/{name}.html")
+        )
+    assert client.get("/index", follow_redirects=False).status_code == 404  # "/" is the index
+    assert client.get("/no-such-page", follow_redirects=False).status_code == 404

@@ -162,3 +162,16 @@ def test_progress_helper_is_silent_for_zero_items(capsys):
     assert list(progress(iter(()), "Nothing", total=0)) == []
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_import_says_unreadable_files_are_part_of_the_imported_count(tmp_path):
+    source = tmp_path / "source" / "Uzbeks"
+    source.mkdir(parents=True)
+    pattern_image("checker", 1).save(source / "good.jpg")
+    (source / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    result = egr("data", "import", str(tmp_path / "source"), "--out", str(tmp_path / "ds"))
+    line = " ".join(result.stderr.split())
+    assert "imported 2 (1 of them unreadable: kept and marked, never trained on;" in line
+    assert "--auto moves them to .quarantine/)" in line and "refused 0" in line
+    clean = egr("data", "import", str(tmp_path / "source"), "--out", str(tmp_path / "ds"))
+    assert "unreadable" not in clean.stderr  # nothing new imported, nothing to say about it

@@ -177,6 +177,23 @@ def test_the_model_has_the_users_labels(journey: Journey):
     assert len(rows) == 4 and all(set(row["scores"]) == set(OWN_LABELS) for row in rows), rows
 
 
+def test_train_and_info_warn_about_a_missing_other_folder_before_the_work(journey: Journey):
+    train = journey.outputs[next(line for line in journey.outputs if line.startswith("egr train"))]
+    info = journey.outputs[next(line for line in journey.outputs if line.startswith("egr data info"))]
+    for output in (train, info):
+        said = " ".join(output.split())
+        assert ("has no 'other' photos" in said) == (not journey.with_other), said[-2000:]
+    if not journey.with_other:  # before the minutes of embedding and fitting, not after them
+        done = re.search(r"trained \d+ images in", train)
+        assert done and train.index("has no 'other' photos") < done.start(), train[-2000:]
+
+
+def test_evaluate_table_says_why_a_figure_is_missing(journey: Journey):
+    evaluate = journey.outputs[next(line for line in journey.outputs if line.startswith("egr evaluate"))]
+    assert "None" not in evaluate
+    assert ("n/a (no 'other' photos)" in evaluate) == (not journey.with_other), evaluate
+
+
 def test_cli_lines_speak_of_the_users_labels_only(journey: Journey):
     with (journey.root / "predictions.csv").open(encoding="utf-8", newline="") as handle:
         header = next(csv.reader(handle))

@@ -360,7 +360,7 @@ def test_other_limits_are_validated_in_the_settings() -> None:
             ServeSettings(**{name: value})
     defaults = ServeSettings()
     assert defaults.model_dump()["max_upload_bytes"] == 10 * MIB
-    assert defaults.upload_memory_bound_bytes == 8 * (4 * 10 + 8) * MIB
+    assert defaults.upload_memory_bound_bytes == 8 * (4 * 10 + 12) * MIB
 
 
 def test_the_server_leaves_no_onnxruntime_telemetry_on_disk(tmp_path: Path) -> None:

@@ -65,9 +65,17 @@ def data_import(
         fail(str(error))
     for line in problems:
         stderr.print(line, markup=False, highlight=False, soft_wrap=True)
+    unreadable = stats["unreadable"]
+    kept_note = (
+        f" ({unreadable} of them unreadable: kept and marked, never trained on; "
+        f"egr clean {escape(printable(str(out)))} --auto moves them to .quarantine/)"
+        if unreadable
+        else ""
+    )
     stderr.print(
-        f"imported {stats['imported']}, already present {stats['skipped']}, "
-        f"unreadable {stats['unreadable']}, refused {stats.get('refused', 0)}"
+        f"imported {stats['imported']}{kept_note}, already present {stats['skipped']}, "
+        f"refused {stats.get('refused', 0)}",
+        soft_wrap=True,
     )
     stdout_console().print(_counts_table(counts))
 

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ethnic_group_recognizer.cli.common import PlainUsage, fail_option, stdout_console
-from ethnic_group_recognizer.config import Config
+from ethnic_group_recognizer.config import ABSTAIN_LABEL, Config
 from ethnic_group_recognizer.console import fail, stderr
 
 app = typer.Typer()
@@ -88,7 +88,7 @@ def train(
     """
     from ethnic_group_recognizer.card import check_card_file
     from ethnic_group_recognizer.cli.data import no_other_warning
-    from ethnic_group_recognizer.dataset import DatasetError
+    from ethnic_group_recognizer.dataset import Dataset, DatasetError
     from ethnic_group_recognizer.locking import DatasetBusyError
     from ethnic_group_recognizer.train import TrainOptions
     from ethnic_group_recognizer.train import train as run_training
@@ -118,6 +118,9 @@ def train(
     except ValueError as error:
         fail(str(error))
     try:
+        has_other = bool(Dataset.open(dataset).counts().get(ABSTAIN_LABEL))
+        if not has_other:  # said before the minutes of training, not after them
+            stderr.print(no_other_warning(dataset), soft_wrap=True)
         result = run_training(dataset, out, options, config)
     except (FileNotFoundError, DatasetError, DatasetBusyError, ValueError, RuntimeError) as error:
         fail(str(error))
@@ -128,8 +131,12 @@ def train(
         f"-> {escape(str(result.out_dir))}",
         soft_wrap=True,
     )
-    if meta.abstain_training_count == 0:
-        stderr.print(no_other_warning(dataset), soft_wrap=True)
+    if meta.abstain_training_count == 0 and has_other:
+        stderr.print(
+            f"[bold yellow]warning:[/] none of the '{ABSTAIN_LABEL}' photos fell in the training split, "
+            'so this model can never answer "none of these": add more of them and train again',
+            soft_wrap=True,
+        )
 
 
 @app.command(cls=PlainUsage)
@@ -162,7 +169,11 @@ def evaluate(
         "ece",
     ):
         value = metrics[key]
-        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+        if value is None:  # e.g. other_abstained of a dataset without 'other' photos
+            shown = f"n/a (no '{ABSTAIN_LABEL}' photos)" if key == "other_abstained" else "n/a"
+        else:
+            shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown)
     stdout_console().print(table)
     stderr.print(f"report: {escape(str(out / 'report.html'))}", soft_wrap=True)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
@@ -195,5 +195,28 @@ def create_app(settings: ServeSettings | None = None, recognizer: Recognizer | N
         app.include_router(router)
     mount_gradio(app)
     if WEB_DIR.is_dir():
+        _redirect_bare_page_names(app)
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
+
+
+def _redirect_bare_page_names(app: FastAPI) -> None:
+    """``/about`` -> ``about.html`` (people type the page's name; StaticFiles only knows files).
+
+    The redirect is relative, so it also works behind a proxy that serves the app under a prefix.
+    """
+    for page in sorted(WEB_DIR.glob("*.html")):
+        if page.stem == "index":
+            continue
+        app.add_api_route(
+            f"/{page.stem}", _redirect_to(page.name), methods=["GET", "HEAD"], include_in_schema=False
+        )
+
+
+def _redirect_to(target: str) -> Callable[[], Any]:
+    """An endpoint with no parameters (so no query string can choose where it sends anyone)."""
+
+    async def redirect() -> RedirectResponse:
+        return RedirectResponse(target, status_code=308)
+
+    return redirect

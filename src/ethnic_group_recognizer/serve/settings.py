@@ -152,8 +152,9 @@ class ServeSettings(BaseSettings):
     def upload_memory_bound_bytes(self) -> int:
         """Most memory the uploads in flight hold at once (docs/SERVING.md): per upload slot, the
         body, the image taken out of it and, for a data URL, its text (4 x the upload limit), plus
-        the decoded pixels (at most 1024 px a side) and the model's input (8 MiB)."""
-        return self.max_uploads * (4 * self.max_upload_bytes + 8 * MIB)
+        the decoded pixels (at most 1024 px a side, 3 MiB) and the model's input (7 views of
+        3 x 320 x 320 float32 for the shipped model, 8.2 MiB): 12 MiB."""
+        return self.max_uploads * (4 * self.max_upload_bytes + 12 * MIB)
 
     @property
     def decode_processes(self) -> int:
