@@ -17,7 +17,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, pattern_image, require_shared_data
+from node_runner import node_or_skip, run_node
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
@@ -408,9 +408,7 @@ def test_pillow_js_is_pillow_bit_for_bit(tmp_path: Path, seed: int) -> None:
     """web/local/pillow.js against Pillow: bilinear resize (up, down, one axis), Gaussian blur, alpha."""
     from PIL import ImageFilter
 
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed (it comes with npm)")
+    node_or_skip()
     rng = np.random.default_rng(seed)
     cases, expected = [], []
     for w, h, ow, oh in [
@@ -437,10 +435,7 @@ def test_pillow_js_is_pillow_bit_for_bit(tmp_path: Path, seed: int) -> None:
         case["input"] = base64.b64encode(case["input"]).decode()
     script = tmp_path / "check.mjs"
     script.write_text(NODE_CHECK.replace("PILLOW_JS", (WEB_LOCAL / "pillow.js").as_uri()))
-    done = subprocess.run(
-        [node, str(script)], input=json.dumps(cases), capture_output=True, text=True, timeout=300, check=True
-    )
-    for case, want, got in zip(cases, expected, json.loads(done.stdout), strict=True):
+    for case, want, got in zip(cases, expected, run_node(script, cases), strict=True):
         assert base64.b64decode(got) == want, case["op"]
 
 
@@ -544,9 +539,7 @@ def test_decide_js_is_recognizer_decide(tmp_path: Path) -> None:
     every abstain rule and set calibration (and quantiles that sit exactly on a row's score)."""
     from ethnic_group_recognizer.model import LOW_DATA_IMAGES
 
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed (it comes with npm)")
+    node_or_skip()
     if not (DEFAULT_MODEL_DIR / "model.onnx").is_file():
         pytest.skip("the shipped default model is not in this checkout")
     labels = json.loads((DEFAULT_MODEL_DIR / "labels.json").read_text())
@@ -569,15 +562,7 @@ def test_decide_js_is_recognizer_decide(tmp_path: Path) -> None:
         expected = other.decide_rows(rows)
         low = set(other.low_data_labels())
         payload = {"labels": labels, "metadata": variant, "rows": [[float(v) for v in row] for row in rows]}
-        done = subprocess.run(
-            [node, str(script)],
-            input=json.dumps(payload),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        )
-        for index, (want, got) in enumerate(zip(expected, json.loads(done.stdout), strict=True)):
+        for index, (want, got) in enumerate(zip(expected, run_node(script, payload), strict=True)):
             where = f"{name}, row {index}: {rows[index].tolist()}"
             assert got["label"] == want.label, where
             assert got["set"] == want.prediction_set, where

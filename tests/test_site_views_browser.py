@@ -19,12 +19,12 @@ import base64
 import json
 import math
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from node_runner import run_node
 from PIL import Image
 from test_site_in_browser import (
     EXPLAIN_TIMEOUT_MS,
@@ -100,21 +100,10 @@ process.stdout.write(JSON.stringify({ rendered, refusals }));
 """
 
 
-def run_node(tmp_path: Path, payload: dict) -> dict:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed (it comes with npm)")
+def run_views_js(tmp_path: Path, payload: dict) -> dict:
     script = tmp_path / "views.mjs"
     script.write_text(RENDER_CHECK.replace("VIEWS_JS", (WEB_LOCAL / "views.js").as_uri()))
-    done = subprocess.run(
-        [node, str(script)],
-        input=json.dumps(payload),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    return json.loads(done.stdout)
+    return run_node(script, payload)
 
 
 def test_views_js_is_render_views_bit_for_bit(tmp_path: Path) -> None:
@@ -139,7 +128,7 @@ def test_views_js_is_render_views_bit_for_bit(tmp_path: Path) -> None:
             )
             full = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR)).tobytes()
             expected.append((render_views(image, views, size), full))
-    out = run_node(tmp_path, {"cases": cases, "metadata": []})
+    out = run_views_js(tmp_path, {"cases": cases, "metadata": []})
     for case, (want, want_full), got in zip(cases, expected, out["rendered"], strict=True):
         pixels = np.frombuffer(base64.b64decode(got["pixels"]), np.float32).reshape(want.shape)
         where = f"{case['w']}x{case['h']}"
@@ -170,7 +159,7 @@ def test_views_js_reads_the_views_parse_views_reads(tmp_path: Path) -> None:
         {"format_version": 1, "tta": False},
         {"format_version": 3},
     ]
-    out = run_node(tmp_path, {"cases": [], "metadata": metadata})["refusals"]
+    out = run_views_js(tmp_path, {"cases": [], "metadata": metadata})["refusals"]
     assert out[0] == {"views": [{"box": list(v.box), "mirror": v.mirror} for v in parse_views(good)]}
     for views, answer in zip(bad, out[1 : 1 + len(bad)], strict=True):
         with pytest.raises(ValueError):
