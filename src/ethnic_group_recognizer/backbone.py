@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from ethnic_group_recognizer.config import Config
-from ethnic_group_recognizer.engine import chunks, prefetch
+from ethnic_group_recognizer.engine import streamed
 from ethnic_group_recognizer.views import View, decode_side, render_views
 
 EMBEDDING_DIM = 1280
@@ -322,31 +322,23 @@ class Embedder:
         views = tuple(views)
         size = self.spec.image_size
 
-        def rendered(chunk: list[Image.Image]) -> np.ndarray:
-            return np.stack([render_views(im, views, size) for im in chunk])
+        def rendered(image: Image.Image) -> np.ndarray:
+            return render_views(image, views, size)
 
-        out = [rows for _, rows in self._streamed(images, rendered, len(views))]
-        return np.concatenate(out) if out else np.zeros((0, len(views), EMBEDDING_DIM), np.float32)
+        rows = [row for _, row in self._streamed(images, rendered, len(views))]
+        return np.stack(rows) if rows else np.zeros((0, len(views), EMBEDDING_DIM), np.float32)  # type: ignore[arg-type]
 
     def _streamed(
-        self, items: Sequence, rendered: Callable[[list], np.ndarray], views: int
-    ) -> Iterator[tuple[list, np.ndarray]]:
-        """``(chunk, (len(chunk), V, d) embeddings)`` in order, the engine's way (engine.py).
-
-        Several streams: each thread renders its chunk and runs it. One stream: the next chunks
-        are rendered in a background thread while this one runs the model.
-        """
+        self, items: Sequence, rendered: Callable[[object], np.ndarray], views: int
+    ) -> Iterator[tuple[object, np.ndarray]]:
+        """``(item, (V, d) embeddings)`` in order, on the engine's streams (engine.streamed)."""
         step = max(1, min(self.config.batch_size, VIEWS_PER_RUN // (views * self.streams)))
 
-        def run(pixels: np.ndarray) -> np.ndarray:
+        def run(ready: list[np.ndarray]) -> np.ndarray:
+            pixels = np.stack(ready)
             return self._run(pixels.reshape(-1, *pixels.shape[2:])).reshape(len(pixels), views, -1)
 
-        if self.streams > 1:
-            work = lambda chunk: run(rendered(chunk))  # noqa: E731 - one line, used once
-            yield from prefetch(chunks(items, step), work, window=2 * self.streams, threads=self.streams)
-        else:
-            for chunk, pixels in prefetch(chunks(items, step), rendered):
-                yield chunk, run(pixels)  # type: ignore[arg-type] - no expected errors: raised
+        return streamed(items, rendered, run, self.streams, step)  # type: ignore[return-value] - raises
 
     def cache_for(self, view: View | bool = False, side: int | None = None) -> EmbeddingCache:
         """The cache of one view (``True``/``False``: the full photo mirrored or not) at one decode side."""
@@ -385,28 +377,15 @@ class Embedder:
         missing = [i for i, digest in enumerate(hashes) if any(c.get(digest) is None for c in caches)]
         size = self.spec.image_size
 
-        def rendered(chunk: list[int]) -> np.ndarray:
-            return np.stack(
-                [
-                    render_views(load_image(paths[i], self.config, target_side=side), views, size)
-                    for i in chunk
-                ]
-            )
+        def rendered(i: int) -> np.ndarray:
+            return render_views(load_image(paths[i], self.config, target_side=side), views, size)
 
         groups = self._streamed(missing, rendered, len(views))
-        done = 0
-        for chunk, vectors in progress(
-            groups,
-            "Embedding images",
-            disable=not show_progress,
-            total=len(missing),
-            weight=lambda g: len(g[0]),
-        ):
-            for i, row in zip(chunk, vectors, strict=True):
-                for cache, vector in zip(caches, row, strict=True):
-                    cache.put(hashes[i], vector)
-            done += len(chunk)
-            if done % 256 < len(chunk):
+        bar = progress(groups, "Embedding images", disable=not show_progress, total=len(missing))
+        for done, (i, row) in enumerate(bar, start=1):
+            for cache, vector in zip(caches, row, strict=True):
+                cache.put(hashes[i], vector)
+            if done % 256 == 0:
                 for cache in caches:
                     cache.save()  # checkpoint: an interrupted run keeps most of its work
         for cache in caches:

@@ -17,12 +17,13 @@ Written here rather than taken from a library: it is a bounded ``ThreadPoolExecu
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+Output = TypeVar("Output")
 
 #: Photos decoded ahead of the model. 3 to 4 was the best measured; more adds memory, not speed.
 WINDOW = 4
@@ -100,3 +101,45 @@ def grouped(
                 group, successes = [], 0
     if group:
         yield group
+
+
+def streamed(
+    items: Iterable[Item],
+    prepare: Callable[[Item], Result],
+    infer: Callable[[list[Result]], Sequence[Output]],
+    streams: int,
+    step: int,
+    expected: tuple[type[BaseException], ...] = (),
+) -> Iterator[tuple[Item, Output | BaseException]]:
+    """Yield ``(item, output)`` in input order: ``prepare`` each item (decode, render), ``infer``
+    on lists of at most ``step`` prepared ones (one model call), an ``expected`` error in place.
+
+    One stream: items are prepared ahead in a background thread while this one infers. More:
+    ``streams`` threads each prepare a chunk and infer it (on a session of fewer threads),
+    ``2 x streams`` chunks in flight.
+    """
+
+    def inferred(
+        group: list[tuple[Item, Result | BaseException]],
+    ) -> Iterator[tuple[Item, Output | BaseException]]:
+        ready = [value for _, value in group if not isinstance(value, BaseException)]
+        outputs = iter(infer(ready) if ready else ())  # type: ignore[arg-type]
+        for item, value in group:
+            yield item, value if isinstance(value, BaseException) else next(outputs)
+
+    if streams <= 1:
+        for group in grouped(prefetch(items, prepare, expected), step):
+            yield from inferred(group)
+        return
+
+    def prepared_and_inferred(chunk: list[Item]) -> list[tuple[Item, Output | BaseException]]:
+        group: list[tuple[Item, Result | BaseException]] = []
+        for item in chunk:
+            try:
+                group.append((item, prepare(item)))
+            except expected as error:
+                group.append((item, error))
+        return list(inferred(group))
+
+    for _, pairs in prefetch(chunks(items, step), prepared_and_inferred, window=2 * streams, threads=streams):
+        yield from pairs  # type: ignore[misc] - only unexpected errors reach here, and are raised

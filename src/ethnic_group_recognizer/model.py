@@ -22,7 +22,7 @@ from ethnic_group_recognizer.backbone import VIEWS_PER_RUN, preprocess
 from ethnic_group_recognizer.calibrate import in_scope_scores
 from ethnic_group_recognizer.config import ABSTAIN_TEXT, DEFAULT_MODEL_DIR, Config
 from ethnic_group_recognizer.conformal import ConformalCalibration, prediction_sets
-from ethnic_group_recognizer.engine import chunks, grouped, prefetch
+from ethnic_group_recognizer.engine import streamed
 from ethnic_group_recognizer.images import ImageError, load_image
 from ethnic_group_recognizer.model_dir import ModelDir, open_session, read_model_dir
 from ethnic_group_recognizer.views import View, decode_side, render_views
@@ -303,32 +303,12 @@ class Recognizer:
         def views_of(source: Item) -> np.ndarray:
             return self.pixels(read(source))
 
-        if streams == 1:
-            for group in grouped(prefetch(every, views_of, expected), step):
-                yield from self._rows_of(group, self.session)
-            return
-        session = self.engine_session()
+        session = self.engine_session() if streams > 1 else self.session
 
-        def decoded_and_run(chunk: list[Item]) -> list[tuple[Item, np.ndarray | BaseException]]:
-            group: list[tuple[Item, np.ndarray | BaseException]] = []
-            for source in chunk:
-                try:
-                    group.append((source, views_of(source)))
-                except expected as error:
-                    group.append((source, error))
-            return list(self._rows_of(group, session))
+        def rows(ready: list[np.ndarray]) -> np.ndarray:
+            return self.run(np.stack(ready), session)[0]
 
-        for _, rows in prefetch(chunks(every, step), decoded_and_run, window=2 * streams, threads=streams):
-            yield from rows  # type: ignore[misc] - decoded_and_run raises only unexpected errors
-
-    def _rows_of(
-        self, group: list[tuple[Item, np.ndarray | BaseException]], session
-    ) -> Iterator[tuple[Item, np.ndarray | BaseException]]:
-        """One model call for a group's decoded photos; its errors stay in place."""
-        ready = [pixels for _, pixels in group if not isinstance(pixels, BaseException)]
-        rows = iter(self.run(np.stack(ready), session)[0] if ready else [])
-        for source, pixels in group:
-            yield source, pixels if isinstance(pixels, BaseException) else next(rows)
+        yield from streamed(every, views_of, rows, streams, step, expected)
 
     def engine_session(self):
         """The session the streams share: ``config.stream_threads()`` onnxruntime threads."""
