@@ -364,8 +364,8 @@ class Embedder:
     ) -> np.ndarray:
         """Embeddings (N, V, 1280) of ``views`` of image files, reading pixels only for cache misses.
 
-        Files are decoded (draft mode to ``side``, by default what the smallest view needs) in a
-        background thread while the backbone runs (engine.py). Unreadable files raise ImageError:
+        Files are decoded (draft mode to ``side``, by default what the smallest view needs) and
+        run on the engine's streams (engine.streamed). Unreadable files raise ImageError:
         a training set is checked before it gets here.
         """
         from ethnic_group_recognizer.images import load_image
