@@ -131,7 +131,7 @@ def onnx_session(path: str | Path, config: Config | None = None):
     ort.disable_telemetry_events()
     config = config or Config()
     options = ort.SessionOptions()
-    options.intra_op_num_threads = config.threads or (os.cpu_count() or 1)
+    options.intra_op_num_threads = config.session_threads()
     options.inter_op_num_threads = 1
     # No busy-waiting between ops: a spinning thread takes the cycles the decode thread needs
     # (engine.py), and costs 40-80 % more CPU a photo on 2 cores (docs/THROUGHPUT.md).

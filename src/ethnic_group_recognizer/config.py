@@ -107,10 +107,13 @@ class Config:
             return self.streams
         return min(MAX_STREAMS, os.cpu_count() or 1) if self.threads == 0 else 1
 
+    def session_threads(self) -> int:
+        """onnxruntime threads of a session made with this config (``threads``, 0: every core)."""
+        return self.threads or (os.cpu_count() or 1)
+
     def stream_threads(self) -> int:
         """onnxruntime threads of the session batch work shares between its streams."""
-        total = self.threads or (os.cpu_count() or 1)
-        return max(1, total // self.engine_streams())
+        return max(1, self.session_threads() // self.engine_streams())
 
 
 # -- validation helpers, shared with train.TrainOptions ------------------------------------

@@ -3,7 +3,8 @@
 Head warm-up with the backbone frozen, then everything unfrozen with a ten times smaller rate for
 the backbone, one-cycle schedule, augmentation, early stopping on the validation loss and a fixed
 seed. The "validation" photos here are the ones ``train.py`` passes: a group-aware fifth of the
-training split, never the model's held-out split (which stays untouched for ``egr evaluate``). The warm-up starts from a closed-form linear probe on the frozen features ("LP-FT", Kumar et
+training split, never the model's held-out split (which stays untouched for ``egr evaluate``).
+The warm-up starts from a closed-form linear probe on the frozen features ("LP-FT", Kumar et
 al., 2022): a randomly initialised head sends large, noisy gradients into the pretrained backbone
 and distorts its features before the head has learnt anything, and on 2 cores there are only a
 few epochs to spend. The result is exported to ONNX, so prediction never needs torch. Needs the

@@ -7,7 +7,6 @@ No pickle anywhere.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -274,8 +273,7 @@ class Recognizer:
         a photo (draft mode), render its views and run them on :meth:`engine_session`; with one
         stream the next photos are decoded in a background thread while the model runs in this
         one. At most a few photos are in flight, so memory stays flat whatever the folder or
-        photo size. A photo that
-        fails to decode with an ``expected`` error yields that error. ``decode`` reads one source
+        photo size. A photo that fails to decode with an ``expected`` error yields that error. ``decode`` reads one source
         (default :meth:`decode`: a path, bytes or Pillow image); Ray actors pass their reader.
         """
         for source, row in self.predict_probabilities(sources, batch_size, decode, expected):
@@ -315,7 +313,7 @@ class Recognizer:
         from ethnic_group_recognizer.backbone import onnx_session
 
         threads = self.config.stream_threads()
-        if threads == (self.config.threads or (os.cpu_count() or 1)):
+        if threads == self.config.session_threads():  # the load-time session already fits
             return self.session
         with self._stream_session_lock:
             if self._stream_session is None:  # the graph was checked when the model loaded
